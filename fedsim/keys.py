@@ -1,0 +1,26 @@
+"""Message keys shared by the server and the ClientApp, defined once.
+
+Flower messages carry records under string keys. Every key fedsim itself reads or writes is
+defined here so that the server and the device side can never drift apart. Keys that Flower's
+stock strategies already use (``num-examples``, ``proximal-mu``, ``server-round``) keep Flower's
+spelling so that any ``flwr.serverapp.strategy`` class understands fedsim's replies.
+"""
+
+# --- ConfigRecord keys (server -> client) ----------------------------------------------------
+CLIENT_ID = "fedsim.client-id"  # the virtual client (phone) this message trains as
+SERVER_ROUND = "server-round"  # injected by Flower's strategies; fedsim also sets it
+PROXIMAL_MU = "proximal-mu"  # FedProx (Li et al. 2020) sets it in configure_train
+
+# Optional per-round overrides of the local recipe a strategy may put in its train config.
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+LEARNING_RATE = "lr"
+
+# --- Record names in a reply (client -> server) ----------------------------------------------
+METRICS = "metrics"  # the reply's MetricRecord
+
+# --- MetricRecord keys (client -> server) ----------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # Flower's default `weighted_by_key`
+TRAIN_LOSS = "train_loss"  # QFedAvg's default `train_loss_key`
+TRAIN_STEPS = "fedsim.train-steps"
+COMPUTE_S = "fedsim.compute-s"  # wall seconds the client spent training (host CPU)

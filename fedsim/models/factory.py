@@ -1,0 +1,56 @@
+"""A picklable, hashable recipe for building the student on any process.
+
+The ClientApp is shipped to Ray actors by value on every call, so it must carry a *recipe*
+rather than a model. :class:`ModelBuilder` is that recipe: the Hydra ``model`` and ``norm``
+nodes (as JSON) plus the dataset's shape, which are only known at run time and are passed in at
+instantiate time, as the Hydra idiom goes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import instantiate
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """Builds the configured student for a given dataset shape.
+
+    Parameters
+    ----------
+    model_spec, norm_spec : str
+        JSON of the Hydra ``model`` and ``norm`` config nodes (each with a ``_target_``).
+    num_classes, in_channels, input_size : int
+        Taken from the dataset.
+    """
+
+    model_spec: str
+    norm_spec: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+    @classmethod
+    def from_config(
+        cls, model: dict[str, Any], norm: dict[str, Any], input_shape: tuple[int, int, int],
+        num_classes: int,
+    ) -> ModelBuilder:
+        channels, height, _ = input_shape
+        return cls(
+            json.dumps(model, sort_keys=True), json.dumps(norm, sort_keys=True),
+            num_classes, channels, height,
+        )
+
+    def __call__(self) -> nn.Module:
+        norm_layer = instantiate(json.loads(self.norm_spec))
+        return instantiate(
+            json.loads(self.model_spec),
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            input_size=self.input_size,
+            norm_layer=norm_layer,
+        )

@@ -1,0 +1,32 @@
+"""Which parts of a model's state travel between server and phones.
+
+Everything float in ``state_dict()`` travels: parameters and BatchNorm running statistics, so
+FedAvg averages the running mean/variance along with the weights (the behaviour of McMahan et
+al.'s FedAvg applied to a whole model; see the README on BatchNorm). Integer bookkeeping
+buffers (``num_batches_tracked``) stay local: averaging a counter is meaningless, and with a
+fixed BN momentum PyTorch never reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def exchangeable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The float tensors of ``model.state_dict()``, detached, in the module's order."""
+    return {
+        name: tensor.detach()
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point()
+    }
+
+
+def load_exchangeable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state produced by :func:`exchangeable_state`; any other missing key is an error."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise KeyError(
+            f"model state mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )

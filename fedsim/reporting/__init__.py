@@ -1,0 +1,1 @@
+"""Run outputs: the per-round log, the summary, plots and the progress display."""

@@ -1,0 +1,1 @@
+"""The server side: cohort sampling, the virtual-client strategy wrapper, evaluation, the round loop."""

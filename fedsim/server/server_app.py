@@ -1,0 +1,34 @@
+"""The Flower ServerApp: a thin shell that runs fedsim's round loop on the grid it is given.
+
+``run_simulation`` hands the ServerApp an empty run config, so everything it needs arrives
+through this factory's closure, built by :mod:`fedsim.simulation` in the same process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.reporting.run_log import RoundRecord
+from fedsim.server.evaluation import Evaluation
+from fedsim.server.rounds import RoundPlan, run_rounds
+
+
+def make_server_app(
+    strategy: Strategy,
+    initial_arrays: ArrayRecord,
+    plan: RoundPlan,
+    evaluate: Callable[[ArrayRecord], Evaluation],
+    on_round: Callable[[RoundRecord, ArrayRecord], None],
+) -> ServerApp:
+    """A ServerApp running ``plan`` with ``strategy`` from ``initial_arrays``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's API
+        run_rounds(grid, strategy, initial_arrays, plan, evaluate, on_round)
+
+    return app

@@ -1,0 +1,168 @@
+"""One simulation run, from a composed Hydra config to files in the run directory.
+
+The flow is one-way: config -> data and population -> model and strategy stack -> Flower/Ray
+(:mod:`fedsim.engine`) -> round records -> summary, model and plot. Everything that can reject
+the user's input (config types and ranges, ``_target_`` imports, dataset files, the partition,
+the strategy class) runs in :func:`prepare`, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from clients.client_app import ClientEnvironment, make_client_app
+from clients.training import LocalRecipe
+from fedsim import engine
+from fedsim.config import ConfigError, Simulation, locate_targets, parse_simulation, to_plain
+from fedsim.data.datasets import DatasetSplits
+from fedsim.data.shards import ShardSource
+from fedsim.models.factory import ModelBuilder
+from fedsim.models.state import exchangeable_state
+from fedsim.reporting.plots import plot_accuracy
+from fedsim.reporting.progress import RoundProgress
+from fedsim.reporting.run_log import RoundRecord, RunLog
+from fedsim.reporting.summary import summarize, write_summary
+from fedsim.server.evaluation import CentralEvaluator
+from fedsim.server.rounds import RoundPlan
+from fedsim.server.sampler import CohortSampler
+from fedsim.server.server_app import make_server_app
+from fedsim.server.virtual_clients import VirtualClients
+
+log = logging.getLogger("fedsim")
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before Ray starts."""
+
+    settings: Simulation
+    splits: DatasetSplits
+    shards: ShardSource
+    builder: ModelBuilder
+    strategy: Strategy
+    sampler: CohortSampler
+
+
+def build_strategy(node: DictConfig) -> Strategy:
+    """Instantiate the user's strategy; a one-line ConfigError if it is not a usable one."""
+    target = node.get("_target_")
+    try:
+        strategy = instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ConfigError(f"strategy: cannot build {target!r}: {detail}") from None
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(
+            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
+            f"(got {type(strategy).__name__})"
+        )
+    return strategy
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate ``cfg`` and build data, population, model recipe and strategy."""
+    settings = parse_simulation(cfg)
+    locate_targets(cfg)
+    shards = ShardSource.from_config(
+        to_plain(cfg.dataset), to_plain(cfg.partition), settings.population, settings.seed
+    )
+    splits, _ = shards.load()  # data-file and partition errors surface here
+    builder = ModelBuilder.from_config(
+        to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
+    )
+    strategy = build_strategy(cfg.strategy)
+    sampler = CohortSampler(
+        settings.population, settings.clients_per_round, settings.seed, settings.sampling
+    )
+    return Prepared(settings, splits, shards, builder, strategy, sampler)
+
+
+def initial_model(prepared: Prepared) -> torch.nn.Module:
+    """The seeded initial global model (the server's initialisation is part of the seed)."""
+    torch.manual_seed(prepared.settings.seed)
+    return prepared.builder()
+
+
+def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str = "auto") -> dict[str, Any]:
+    """Run the simulation ``cfg`` describes and write its outputs into ``out_dir``."""
+    started = time.perf_counter()
+    prepared = prepare(cfg)
+    settings = prepared.settings
+    torch.set_num_threads(settings.backend.num_cpus or os.cpu_count() or 1)  # server evaluation
+
+    model = initial_model(prepared)
+    arrays = ArrayRecord(exchangeable_state(model))
+    evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
+    run_log = RunLog(out_dir / "metrics.jsonl")
+    display = RoundProgress(settings.rounds, progress)
+    latest = {"arrays": arrays}
+
+    def on_round(record: RoundRecord, round_arrays: ArrayRecord) -> None:
+        run_log.append(record)
+        latest["arrays"] = round_arrays
+        display.update(record)
+
+    local = settings.local
+    env = ClientEnvironment(
+        shards=prepared.shards,
+        build_model=prepared.builder,
+        recipe=LocalRecipe(
+            epochs=local.epochs, batch_size=local.batch_size, lr=local.lr,
+            momentum=local.momentum, weight_decay=local.weight_decay,
+        ),
+        seed=settings.seed,
+        threads=settings.backend.client_cpus,
+    )
+    plan = RoundPlan(
+        rounds=settings.rounds, eval_every=settings.eval_every,
+        round_timeout_s=settings.round_timeout_s, slots=settings.num_slots,
+    )
+    server_app = make_server_app(
+        VirtualClients(prepared.strategy, prepared.sampler), arrays, plan, evaluator, on_round
+    )
+    display.start()
+    try:
+        engine.launch(server_app, make_client_app(env), settings.num_slots, settings.backend, verbose)
+    finally:
+        display.stop()
+        summary = finish(out_dir, run_log.records, latest["arrays"], settings, cfg, started)
+    return summary
+
+
+def summarize_run(records: list[RoundRecord], settings: Simulation, cfg: DictConfig, wall_s: float) -> dict[str, Any]:
+    return summarize(
+        records, seed=settings.seed, population=settings.population,
+        clients_per_round=settings.clients_per_round, wall_s=wall_s,
+        extra={
+            "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
+            "model": cfg.model._target_.rsplit(".", 1)[-1],
+            "strategy": cfg.strategy._target_.rsplit(".", 1)[-1],
+            "sampling": settings.sampling,
+        },
+    )
+
+
+def finish(
+    out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, settings: Simulation,
+    cfg: DictConfig, started: float,
+) -> dict[str, Any]:
+    """Write summary.json, model.pt and accuracy.png for whatever rounds finished."""
+    summary = summarize_run(records, settings, cfg, time.perf_counter() - started)
+    write_summary(out_dir / "summary.json", summary)
+    torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
+    title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"
+    plot_accuracy(records, out_dir / "accuracy.png", title)
+    return summary

@@ -1,0 +1,110 @@
+"""The VirtualClients wrapper: any Flower strategy, phones as virtual ids, slots as nodes."""
+
+import random
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from fedsim import keys
+from fedsim.server.sampler import CohortSampler
+from fedsim.server.virtual_clients import VirtualClients, client_id_of
+
+
+class FakeGrid(Grid):
+    """Just enough of a Grid: a fixed set of node ids, like Flower's os.urandom ones."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def set_run(self, run): ...
+    @property
+    def run(self): ...
+    def create_message(self, *a, **k): ...
+    def get_node_ids(self):
+        return list(self.node_ids)
+    def push_messages(self, messages): ...
+    def pull_messages(self, message_ids): ...
+    def send_and_receive(self, messages, *, timeout=None): ...
+
+
+def arrays(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))})
+
+
+def test_one_message_per_cohort_member_round_robin_over_slots() -> None:
+    sampler = CohortSampler(population=1000, clients_per_round=5, seed=0)
+    wrapper = VirtualClients(FedAvg(), sampler)
+    grid = FakeGrid([30, 10, 20])  # 3 slots for a cohort of 5
+    messages = list(wrapper.configure_train(1, arrays(0.0), ConfigRecord(), grid))
+    assert [client_id_of(m) for m in messages] == sampler.cohort(1).tolist()
+    assert [m.metadata.dst_node_id for m in messages] == [10, 20, 30, 10, 20]
+    assert all(m.metadata.message_type == MessageType.TRAIN for m in messages)
+
+
+def test_messages_do_not_depend_on_node_ids() -> None:
+    sampler = CohortSampler(population=50, clients_per_round=4, seed=3)
+
+    def contents(node_ids: list[int]) -> list[dict]:
+        msgs = VirtualClients(FedProx(proximal_mu=0.1), sampler).configure_train(
+            2, arrays(1.0), ConfigRecord(), FakeGrid(node_ids)
+        )
+        return [dict(m.content["config"]) for m in msgs]
+
+    rng = random.Random(0)
+    first = contents([rng.getrandbits(63) for _ in range(4)])
+    second = contents([rng.getrandbits(63) for _ in range(4)])
+    assert first == second
+    assert first[0][keys.PROXIMAL_MU] == 0.1  # the inner strategy's train config survives
+    assert first[0][keys.SERVER_ROUND] == 2
+
+
+def test_callers_config_is_not_mutated() -> None:
+    config = ConfigRecord({"a": 1})
+    VirtualClients(FedAvg(), CohortSampler(10, 2, 0)).configure_train(
+        1, arrays(0.0), config, FakeGrid([1, 2])
+    )
+    assert dict(config) == {"a": 1}
+
+
+def test_more_placeholders_than_slots_never_blocks() -> None:
+    # FedAvg waits for min_available_nodes=2 connected nodes; one slot must still work.
+    wrapper = VirtualClients(FedAvg(min_available_nodes=2), CohortSampler(10, 3, 0))
+    messages = list(wrapper.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid([99])))
+    assert len(messages) == 3 and {m.metadata.dst_node_id for m in messages} == {99}
+
+
+def test_empty_poisson_cohort_sends_nothing() -> None:
+    sampler = CohortSampler(population=1000, clients_per_round=1, seed=0, scheme="poisson")
+    empty_round = next(r for r in range(1, 200) if len(sampler.cohort(r)) == 0)
+    wrapper = VirtualClients(FedAvg(), sampler)
+    assert list(wrapper.configure_train(empty_round, arrays(0), ConfigRecord(), FakeGrid([1]))) == []
+
+
+def reply(to: Message, client_id: int, value: float, n: int) -> Message:
+    content = RecordDict(
+        {
+            "arrays": arrays(value),
+            keys.METRICS: MetricRecord(
+                {keys.NUM_EXAMPLES: n, keys.CLIENT_ID: client_id, keys.TRAIN_LOSS: 0.0}
+            ),
+        }
+    )
+    to.metadata.__dict__["_message_id"] = f"m{client_id}"
+    return Message(content, reply_to=to)
+
+
+def test_aggregate_is_weighted_and_independent_of_arrival_order() -> None:
+    sampler = CohortSampler(population=10, clients_per_round=3, seed=0)
+    wrapper = VirtualClients(FedAvg(), sampler)
+    msgs = list(wrapper.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid([1, 2, 3])))
+    # Values chosen so float summation order matters: 0.1, 0.2, 0.3 with weights 1, 2, 3
+    # FedAvg gives (0.1*1 + 0.2*2 + 0.3*3) / 6 = 1.4 / 6 = 0.2333...
+    replies = [reply(m, client_id_of(m), v, n) for m, v, n in zip(msgs, (0.1, 0.2, 0.3), (1, 2, 3))]
+    results = []
+    for perm in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        agg, _ = wrapper.aggregate_train(1, [replies[i] for i in perm])
+        results.append(agg["w"].numpy())
+    np.testing.assert_allclose(results[0], np.full(3, 1.4 / 6), rtol=1e-6)
+    assert all(np.array_equal(results[0], r) for r in results[1:])  # bit-identical
