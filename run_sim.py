@@ -15,17 +15,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from fedsim.config import parse_simulation
 from fedsim.errors import UserInputError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from fedsim.simulation import run  # after Hydra parsed argv: `--help` stays fast
-
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     verbose = bool(cfg.get("verbose", False))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
+        parse_simulation(cfg)  # fail on a bad value before torch, Flower and Ray are imported
+        from fedsim.simulation import run
+
         summary = run(cfg, out_dir, verbose=verbose, progress=str(cfg.get("progress", "auto")))
     except UserInputError as err:
         if verbose:

@@ -1,0 +1,1 @@
+"""Worked examples of extending fedsim (importable as ``examples.*`` from the repo root)."""
