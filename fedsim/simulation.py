@@ -25,7 +25,13 @@ from omegaconf import DictConfig
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
 from fedsim import engine
-from fedsim.config import ConfigError, Simulation, locate_targets, parse_simulation, to_plain
+from fedsim.config import (
+    ConfigError,
+    Simulation,
+    locate_targets,
+    parse_simulation,
+    to_plain,
+)
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.models.layers import SqueezeExcitation, group_norm, make_divisible, no_norm, stride_plan
+from fedsim.models.layers import (
+    SqueezeExcitation,
+    group_norm,
+    make_divisible,
+    no_norm,
+    stride_plan,
+)
 from fedsim.models.mobilenet_v2 import MobileNetV2, mobilenet_v2
 from fedsim.models.mobilenet_v3 import MobileNetV3, mobilenet_v3_small
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 # A norm factory: takes a channel count, returns the module that normalises it.
@@ -235,3 +236,21 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+class FeaturesClassifier(nn.Module):
+    """A convolutional trunk (``features``) and a head (``classifier``) joined by global pooling.
+
+    The split is the seam on-device fine-tuning works with: head-only training freezes
+    ``features``; subclasses only build the two parts.
+    """
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)  # (B, C, H / T, W / T), T = total stride
+        x = nn.functional.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
+        x = torch.flatten(x, 1)  # (B, C)
+        return self.classifier(x)  # (B, num_classes)
+

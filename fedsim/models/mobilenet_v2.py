@@ -18,10 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import torch
 from torch import Tensor, nn
 
-from fedsim.models.layers import ConvNormAct, NormLayer, init_weights, make_divisible, stride_plan
+from fedsim.models.layers import (
+    ConvNormAct,
+    FeaturesClassifier,
+    NormLayer,
+    init_weights,
+    make_divisible,
+    stride_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeaturesClassifier):
     """MobileNetV2 [1]_ split into ``features`` and ``classifier``.
 
     ``features`` ends with the 1x1 conv to ``last_channel``; ``classifier`` is
@@ -156,12 +162,6 @@ class MobileNetV2(nn.Module):
             nn.Linear(self.last_channel, num_classes),
         )
         init_weights(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)  # (B, last_channel, H / T, W / T), T = total stride
-        x = nn.functional.adaptive_avg_pool2d(x, 1)  # (B, last_channel, 1, 1)
-        x = torch.flatten(x, 1)  # (B, last_channel)
-        return self.classifier(x)  # (B, num_classes)
 
 
 def mobilenet_v2(

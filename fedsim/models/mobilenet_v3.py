@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 
 from fedsim.models.layers import (
     ConvNormAct,
+    FeaturesClassifier,
     NormLayer,
     SqueezeExcitation,
     init_weights,
@@ -129,7 +129,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(FeaturesClassifier):
     """MobileNetV3 [1]_ split into ``features`` and ``classifier``.
 
     ``features`` ends with the 1x1 hard-swish conv to ``6 * last_out`` channels
@@ -188,12 +188,6 @@ class MobileNetV3(nn.Module):
             nn.Linear(self.last_channel, num_classes),
         )
         init_weights(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)  # (B, 6 * C_last, H / T, W / T), T = total stride
-        x = nn.functional.adaptive_avg_pool2d(x, 1)  # (B, 6 * C_last, 1, 1)
-        x = torch.flatten(x, 1)  # (B, 6 * C_last)
-        return self.classifier(x)  # (B, num_classes)
 
 
 def mobilenet_v3_small(
