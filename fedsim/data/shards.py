@@ -19,8 +19,10 @@ from hydra.utils import instantiate
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.partition import Partition
 
-# One entry per distinct ShardSource in this process (in practice: one).
-_CACHE: dict["ShardSource", tuple[DatasetSplits, Partition]] = {}
+# This process's dataset and partition. One entry each: a Hydra multirun runs many jobs in one
+# process, and Fashion-MNIST alone is ~200 MB, so a new job's data replaces the last job's.
+_DATASET: dict[str, DatasetSplits] = {}
+_PARTITION: dict["ShardSource", Partition] = {}
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,15 @@ class ShardSource:
 
     def load(self) -> tuple[DatasetSplits, Partition]:
         """The dataset and its partition, computed once per process."""
-        if self not in _CACHE:
-            splits = instantiate(json.loads(self.dataset_spec)).load()
+        if self.dataset_spec not in _DATASET:
+            _DATASET.clear()
+            _DATASET[self.dataset_spec] = instantiate(json.loads(self.dataset_spec)).load()
+        splits = _DATASET[self.dataset_spec]
+        if self not in _PARTITION:
+            _PARTITION.clear()
             partitioner = instantiate(json.loads(self.partition_spec))
-            partition = partitioner.split(splits.train.y, self.population, self.seed)
-            _CACHE[self] = (splits, partition)
-        return _CACHE[self]
+            _PARTITION[self] = partitioner.split(splits.train.y, self.population, self.seed)
+        return splits, _PARTITION[self]
 
     def __call__(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of one virtual client's shard."""

@@ -18,6 +18,7 @@ class RoundProgress:
         self._bar: Progress | None = None
         self._task = None
         self._last_accuracy: float | None = None
+        self._last_evaluated = 0
 
     def start(self) -> None:
         if self.fancy:
@@ -32,8 +33,13 @@ class RoundProgress:
 
     def update(self, record: RoundRecord) -> None:
         if record.accuracy is not None:
-            self._last_accuracy = record.accuracy
-        accuracy = "-" if self._last_accuracy is None else f"{self._last_accuracy:.4f}"
+            self._last_accuracy, self._last_evaluated = record.accuracy, record.round
+        # Between evaluations, show the latest accuracy with the round it was measured at.
+        accuracy = (
+            "-" if self._last_accuracy is None
+            else f"{self._last_accuracy:.4f}" if self._last_evaluated == record.round
+            else f"{self._last_accuracy:.4f}@r{self._last_evaluated}"
+        )
         if self._bar is not None:
             self._bar.update(self._task, completed=record.round, accuracy=f"acc {accuracy}")
         elif self.fancy is False:
