@@ -1,0 +1,260 @@
+"""Memory of one on-device training step: an estimate from shapes, and a measurement.
+
+On a phone the training step must fit in RAM next to everything else. This module owns the
+model of that memory (``MemoryEstimate``), its estimate from layer shapes alone
+(``estimate_train_memory``, a pure function) and its measurement on a real step
+(``measure_train_memory``), which keeps the estimate honest.
+
+The components, in bytes:
+
+- ``weights``: every parameter, at the stored bit width.
+- ``gradients``: one fp32 ``.grad`` per trainable parameter.
+- ``optimizer_state``: SGD's momentum buffer, one fp32 per trainable parameter.
+- ``activations``: the tensors autograd saves in the forward pass and holds until backward,
+  counted once per storage (a ReLU's output that the next conv also saves is one tensor) and
+  excluding model state (parameters and buffers, which exist whether or not we train).
+  As TinyTL [1]_ shows, this, not the parameters, is what dominates training memory.
+- ``forward_peak``: the working set of a forward pass that saves nothing: the largest
+  input + output of a single op (distinct storages, model state excluded), since a no-grad
+  forward can free each input once its op has run. This is what a frozen backbone costs.
+
+``total`` = weights + gradients + optimizer state + max(activations, forward peak): the saved
+activations are all alive when backward starts, and a frozen backbone's working set is alive
+while it runs. It is a lower bound on the true peak: it leaves out the transient gradient
+buffers of backward (about two of the largest activations), the input batch when nothing saves
+it, and allocator fragmentation.
+
+Which tensors autograd saves depends on the op *and* on which of its inputs need gradients;
+``saved_for_backward`` encodes PyTorch's rules, checked tensor by tensor against
+``torch.autograd.graph.saved_tensors_hooks``. One rule undoes TinyTL's saving in stock PyTorch:
+``ConvolutionBackward`` keeps the conv input whenever the conv is in the graph, even if its
+weight is frozen and only the input gradient (which needs the weight, not the input) is
+wanted. ``sparse_backprop=True`` models a runtime that drops it, as [1]_ and [2]_ assume.
+
+References
+----------
+.. [1] Cai, Gan, Zhu, Han, "TinyTL: Reduce Memory, Not Parameters for Efficient On-Device
+   Learning", NeurIPS 2020. https://arxiv.org/abs/2007.11622
+.. [2] Lin et al., "On-Device Training Under 256KB Memory", NeurIPS 2022 (sparse backprop).
+   https://arxiv.org/abs/2206.15472
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clients.finetune import (
+    FineTuneMode,
+    OpCall,
+    TensorInfo,
+    apply_mode,
+    trace_training_forward,
+    trainable_names,
+)
+
+FP32_BYTES = 4
+INT64_BYTES = 8
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes held by one training step; see the module docstring for each component."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+    forward_peak: int
+
+    @property
+    def total(self) -> int:
+        """Model state plus the larger of saved activations and the no-grad working set."""
+        state = self.weights + self.gradients + self.optimizer_state
+        return state + max(self.activations, self.forward_peak)
+
+
+def saved_for_backward(call: OpCall, sparse_backprop: bool = False) -> list[tuple[Hashable, int]]:
+    """``(storage key, bytes)`` of the non-state tensors autograd saves for ``call``.
+
+    PyTorch's rules (``tools/autograd/derivatives.yaml``), checked with saved-tensor hooks.
+    Nothing is saved unless some input needs a gradient (no graph node). Then: conv2d saves
+    its input and weight (whichever gradients are wanted: one joint backward formula); linear
+    saves its input only if the weight needs a gradient (and the weight if the input does);
+    batch / group norm save the input and two statistics (per channel, or per sample and
+    group); ReLU saves its output, ReLU6 (hardtanh), hard-swish and hard-sigmoid their input;
+    ``a * b`` saves ``b`` if ``a`` needs a gradient and ``a`` if ``b`` does; dropout on CPU is
+    ``input * noise`` and saves the fp32 noise (a fused GPU kernel saves a 1-byte mask);
+    pooling to 1x1 (a mean), adds and views save only shapes.
+
+    Parameters
+    ----------
+    call : OpCall
+        One traced op.
+    sparse_backprop : bool
+        Model a runtime that saves a conv's input only when its weight needs a gradient
+        (TinyTL [1]_, [2]_); stock PyTorch does not.
+    """
+    a, out = call.args, call.out
+    x = a.get("input")
+    if not out.needs_grad or not isinstance(x, TensorInfo):
+        return []
+    fresh = (id(call), "saved")  # a tensor made for backward, shared with nothing
+    saved: list[TensorInfo | tuple[Hashable, int]] = []
+    if call.op == "conv2d":
+        saved = [x] if a["weight"].needs_grad or not sparse_backprop else []
+    elif call.op == "linear":
+        saved = [x] if a["weight"].needs_grad else []
+    elif call.op == "batch_norm":
+        stats = out.shape[1] * FP32_BYTES if a.get("training") else 0
+        saved = [x, ((fresh, 1), stats), ((fresh, 2), stats)]
+    elif call.op == "group_norm":
+        stats = out.shape[0] * a["num_groups"] * FP32_BYTES
+        saved = [x, ((fresh, 1), stats), ((fresh, 2), stats)]
+    elif call.op == "relu":
+        saved = [out]
+    elif call.op in ("hardtanh", "hardswish", "hardsigmoid"):
+        saved = [x]
+    elif call.op == "mul" and isinstance(a["other"], TensorInfo):
+        saved = [t for t, other in ((a["other"], x), (x, a["other"])) if other.needs_grad]
+    elif call.op == "dropout" and a.get("training", True) and 0 < a.get("p", 0.5) < 1:
+        saved = [(fresh, math.prod(x.shape) * x.itemsize)]
+    elif call.op == "adaptive_avg_pool2d" and a["output_size"] not in (1, (1, 1), [1, 1]):
+        saved = [x]
+    return [
+        (t.storage, t.nbytes) if isinstance(t, TensorInfo) else t
+        for t in saved
+        if not (isinstance(t, TensorInfo) and t.is_state)
+    ]
+
+
+def working_set(call: OpCall) -> int:
+    """Bytes of ``call``'s distinct non-state inputs and output: alive while it runs."""
+    tensors = [v for v in call.args.values() if isinstance(v, TensorInfo)] + [call.out]
+    return sum({t.storage: t.nbytes for t in tensors if not t.is_state}.values())
+
+
+def loss_saved_bytes(logits: TensorInfo) -> int:
+    """Cross-entropy saves the log-probabilities (fp32), the int64 targets and a scalar."""
+    if not logits.needs_grad:
+        return 0
+    batch, classes = logits.shape
+    return batch * classes * FP32_BYTES + batch * INT64_BYTES + FP32_BYTES
+
+
+def estimate_train_memory(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch: int,
+    mode: FineTuneMode | str,
+    momentum: bool = True,
+    weight_bits: int = 32,
+    sparse_backprop: bool = False,
+) -> MemoryEstimate:
+    """Estimate the memory of one SGD step from shapes alone (no training, no autograd).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; not modified (a meta-device copy is traced, see
+        ``clients.finetune.trace_training_forward``).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one sample.
+    batch : int
+        Samples per step.
+    mode : FineTuneMode or str
+        Which parameters train (``clients.finetune``).
+    momentum : bool
+        Whether SGD keeps a momentum buffer (one fp32 per trainable parameter).
+    weight_bits : int
+        Bits per stored weight (32 for fp32, 8 for int8); gradients stay fp32.
+    sparse_backprop : bool
+        See ``saved_for_backward``; ``False`` is what PyTorch does.
+
+    Returns
+    -------
+    MemoryEstimate
+        Each component in bytes; saved activations are counted once per storage, as autograd
+        keeps one tensor however many ops save it.
+    """
+    calls = trace_training_forward(model, input_shape, batch, mode)
+    saved: dict[Hashable, int] = {}
+    for call in calls:
+        saved.update(saved_for_backward(call, sparse_backprop))
+    names = trainable_names(model, mode)
+    trainable = sum(p.numel() for name, p in model.named_parameters() if name in names)
+    return MemoryEstimate(
+        weights=math.ceil(sum(p.numel() for p in model.parameters()) * weight_bits / 8),
+        gradients=trainable * FP32_BYTES,
+        optimizer_state=trainable * FP32_BYTES if momentum else 0,
+        # The last call makes the model's output: the logits the loss saves its inputs from.
+        activations=sum(saved.values()) + loss_saved_bytes(calls[-1].out),
+        forward_peak=max(working_set(call) for call in calls),
+    )
+
+
+def measure_train_memory(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch: int,
+    mode: FineTuneMode | str,
+    momentum: bool = True,
+) -> MemoryEstimate:
+    """Measure the memory of one real SGD step on a copy of ``model`` (the check on the estimate).
+
+    Runs forward, cross-entropy, backward and ``SGD.step`` on random data. ``activations`` are
+    the tensors packed by ``torch.autograd.graph.saved_tensors_hooks``, counted once per
+    storage (``untyped_storage().data_ptr()``) and without the model's parameters and buffers.
+    Weights, gradients and optimizer state are read off the real tensors after the step.
+    ``forward_peak`` is the largest input + output (distinct storages) of any leaf module, from
+    forward hooks; functional ops in ``forward`` methods (residual adds, squeeze-excite
+    products, the final pooling) are not modules and so not seen, which in the MobileNets
+    never hides the maximum: a depthwise conv's input and output are at least as large.
+    """
+    model = copy.deepcopy(model)
+    apply_mode(model, mode)
+    state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+    peak = 0
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in state:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def working_set_hook(module: nn.Module, inputs: tuple, output: object) -> None:
+        nonlocal peak
+        tensors = [t for t in (*inputs, output) if isinstance(t, Tensor)]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        peak = max(peak, sum(n for ptr, n in storages.items() if ptr not in state))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(working_set_hook) for m in leaves]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9 if momentum else 0.0)
+    x = torch.randn(batch, *input_shape)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+    loss.backward()
+    optimizer.step()
+    for hook in hooks:
+        hook.remove()
+
+    def nbytes(tensors: object) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+    return MemoryEstimate(
+        weights=nbytes(model.parameters()),
+        gradients=nbytes(p.grad for p in model.parameters()),
+        optimizer_state=nbytes(v for s in optimizer.state.values() for v in s.values()),
+        activations=sum(saved.values()),
+        forward_peak=peak,
+    )

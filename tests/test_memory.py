@@ -1,0 +1,162 @@
+"""Fine-tuning modes and the training-memory model: estimate vs measurement, and hand counts."""
+
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import cache
+
+import pytest
+import torch
+from torch import nn
+
+from clients.finetune import FineTuneMode, apply_mode, trainable_names
+from clients.memory import MemoryEstimate, estimate_train_memory, measure_train_memory
+from fedsim.models.layers import group_norm
+from fedsim.models.mobilenet_v2 import mobilenet_v2
+from fedsim.models.mobilenet_v3 import mobilenet_v3_small
+
+torch.set_num_threads(1)
+
+INPUT = (1, 28, 28)
+BUILDERS = {"mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small}
+NORMS = {"batch_norm": None, "group_norm": group_norm}
+
+
+@cache
+def student(name: str, norm: str) -> nn.Module:
+    torch.manual_seed(0)
+    return BUILDERS[name](
+        num_classes=10, in_channels=1, input_size=28, width_mult=0.5, norm_layer=NORMS[norm]
+    )
+
+
+def tiny_net() -> nn.Module:
+    """Conv(1->2, 3x3, no bias) -> ReLU | flatten -> Linear(32 -> 3), for 1x6x6 inputs."""
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.ReLU()),
+            classifier=nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3)),
+        )
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("mode", list(FineTuneMode))
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_estimate_is_within_ten_percent_of_measurement(
+    name: str, norm: str, mode: str, batch: int
+) -> None:
+    model = student(name, norm)
+    estimate = estimate_train_memory(model, INPUT, batch, mode)
+    measured = measure_train_memory(model, INPUT, batch, mode)
+    assert estimate.activations == pytest.approx(measured.activations, rel=0.10)
+    assert estimate.total == pytest.approx(measured.total, rel=0.10)
+    assert (estimate.weights, estimate.gradients, estimate.optimizer_state) == (
+        measured.weights,
+        measured.gradients,
+        measured.optimizer_state,
+    )
+
+
+@pytest.mark.parametrize("measure", [estimate_train_memory, measure_train_memory])
+def test_tiny_net_byte_counts_by_hand(measure: Callable[..., MemoryEstimate]) -> None:
+    # Batch 2 of 1x6x6 (72 floats, 288 bytes); conv out = ReLU out (2, 2, 4, 4): 64 floats,
+    # 256 bytes; logits (2, 3). Parameters: conv 2*1*3*3 = 18, linear 3*32 + 3 = 99; 117 fp32
+    # = 468 bytes. Full: grads and momentum 468 each. Saved: the conv input (288), the ReLU
+    # output (256; the linear saves the same storage through the flatten view, counted once)
+    # and cross-entropy's log-probs 2*3*4 = 24 + int64 targets 2*8 = 16 + a scalar 4 = 44:
+    # 588. Forward peak: the conv's input + output, 288 + 256 = 544. Total 3 * 468 + 588.
+    full = measure(tiny_net(), (1, 6, 6), 2, "full")
+    assert (full.weights, full.gradients, full.optimizer_state) == (468, 468, 468)
+    assert (full.activations, full.forward_peak, full.total) == (588, 544, 1992)
+    # Head: 99 trainable, grads and momentum 396 each. The frozen conv and ReLU save nothing;
+    # the linear saves its input (256) but not its weight (its input needs no gradient).
+    # Activations 256 + 44 = 300 < forward peak 544: total 468 + 2 * 396 + 544 = 1804.
+    head = measure(tiny_net(), (1, 6, 6), 2, "head")
+    assert (head.weights, head.gradients, head.optimizer_state) == (468, 396, 396)
+    assert (head.activations, head.forward_peak, head.total) == (300, 544, 1804)
+    no_momentum = measure(tiny_net(), (1, 6, 6), 2, "head", momentum=False)
+    assert no_momentum.optimizer_state == 0
+
+
+def test_weight_bits_scale_only_the_weights() -> None:
+    int8 = estimate_train_memory(tiny_net(), (1, 6, 6), 2, "full", weight_bits=8)
+    assert (int8.weights, int8.gradients) == (117, 468)
+
+
+def loss_bytes(batch: int, classes: int = 10) -> int:
+    return batch * classes * 4 + batch * 8 + 4  # log-probs, int64 targets, total weight
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_head_mode_saves_only_classifier_activations(norm: str) -> None:
+    batch = 8
+    # MobileNetV2's head: dropout on a frozen input saves nothing; the linear saves its input.
+    v2 = measure_train_memory(student("mobilenet_v2", norm), INPUT, batch, "head")
+    assert v2.activations == batch * 1280 * 4 + loss_bytes(batch)
+    # MobileNetV3-Small w0.5: Linear(288 -> 512) saves its input; hard-swish its input, dropout
+    # its fp32 noise and Linear(512 -> 10) its input, 512 floats each.
+    v3 = measure_train_memory(student("mobilenet_v3_small", norm), INPUT, batch, "head")
+    assert v3.activations == batch * (288 + 3 * 512) * 4 + loss_bytes(batch)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_bias_mode_memory_lies_between_head_and_full(name: str) -> None:
+    model = student(name, "batch_norm")
+    full, head, bias = (
+        measure_train_memory(model, INPUT, 8, mode).activations for mode in FineTuneMode
+    )
+    assert head < bias < full
+    # Stock PyTorch keeps every frozen conv's input, so bias mode saves little (here only the
+    # image); a runtime that drops them (TinyTL's premise) saves a quarter or more.
+    assert bias > 0.99 * full
+    sparse = estimate_train_memory(model, INPUT, 8, "bias", sparse_backprop=True)
+    assert sparse.activations < 0.8 * full
+
+
+def test_pytorch_saves_a_frozen_convs_input() -> None:
+    # Pins the rule the estimate depends on: conv2 is frozen but its input needs a gradient
+    # (the BN before it trains), and ConvolutionBackward still saves that input.
+    net = nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(
+                nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1, bias=False)
+            ),
+            classifier=nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3)),
+        )
+    )
+    # conv1 (frozen, image input) is not in the graph. Saved: BN input and BN output (= conv2
+    # input), (2, 2, 4, 4) = 256 bytes each, BN's two per-channel statistics (8 bytes each),
+    # the linear input (conv2 output, 256) and the loss (44).
+    measured = measure_train_memory(net, (1, 6, 6), 2, "bias")
+    assert measured.activations == 3 * 256 + 2 * 8 + 44
+    assert estimate_train_memory(net, (1, 6, 6), 2, "bias").activations == measured.activations
+    sparse = estimate_train_memory(net, (1, 6, 6), 2, "bias", sparse_backprop=True)
+    assert sparse.activations == measured.activations - 256
+
+
+def test_trainable_names_per_mode() -> None:
+    model = student("mobilenet_v3_small", "group_norm")
+    names = {name for name, _ in model.named_parameters()}
+    assert trainable_names(model, "full") == names
+    head = trainable_names(model, FineTuneMode.HEAD)
+    assert head and all(name.startswith("classifier.") for name in head)
+    bias = trainable_names(model, "bias")
+    norm_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+    assert head < bias and norm_weights < bias
+    assert all(n.endswith(".bias") or n in norm_weights or n in head for n in bias)
+    conv_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert not conv_weights & bias
+
+
+def test_apply_mode_freezes_backbone_and_its_batchnorm_stats() -> None:
+    model = mobilenet_v2(num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
+    apply_mode(model, "head")
+    assert not model.features.training and model.classifier.training
+    assert all(p.requires_grad == n.startswith("classifier.") for n, p in model.named_parameters())
+    bn = next(m for m in model.features.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(2, *INPUT))
+    assert torch.equal(bn.running_mean, before)
+    apply_mode(model, "bias")
+    assert model.features.training and bn.weight.requires_grad
