@@ -35,7 +35,9 @@ from fedsim.config import (
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
+from fedsim.errors import UserInputError
 from fedsim.models.state import exchangeable_state
+from fedsim.privacy.mechanisms import PrivacyPlan
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
 from fedsim.reporting.run_log import RoundRecord, RunLog
@@ -57,8 +59,9 @@ class Prepared:
     splits: DatasetSplits
     shards: ShardSource
     builder: ModelBuilder
-    strategy: Strategy
+    strategy: Strategy  # the user's strategy, wrapped by the privacy mechanism if any
     sampler: CohortSampler
+    privacy: PrivacyPlan
 
 
 def build_strategy(node: DictConfig) -> Strategy:
@@ -78,6 +81,20 @@ def build_strategy(node: DictConfig) -> Strategy:
     return strategy
 
 
+def build_privacy(node: DictConfig, strategy: Strategy, settings: Simulation) -> PrivacyPlan:
+    """Instantiate the ``privacy`` option and attach it to ``strategy``."""
+    try:
+        mechanism = instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserInputError):
+            raise err.__cause__ from None
+        raise ConfigError(f"privacy: {str(err.__cause__ or err).splitlines()[0]}") from None
+    return mechanism.attach(
+        strategy, population=settings.population, cohort=settings.clients_per_round,
+        sampling=settings.sampling, seed=settings.seed, rounds=settings.rounds,
+    )
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate ``cfg`` and build data, population, model recipe and strategy."""
     settings = parse_simulation(cfg)
@@ -89,11 +106,11 @@ def prepare(cfg: DictConfig) -> Prepared:
     builder = ModelBuilder.from_config(
         to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
     )
-    strategy = build_strategy(cfg.strategy)
+    privacy = build_privacy(cfg.privacy, build_strategy(cfg.strategy), settings)
     sampler = CohortSampler(
         settings.population, settings.clients_per_round, settings.seed, settings.sampling
     )
-    return Prepared(settings, splits, shards, builder, strategy, sampler)
+    return Prepared(settings, splits, shards, builder, privacy.strategy, sampler, privacy)
 
 
 def initial_model(prepared: Prepared) -> torch.nn.Module:
@@ -115,6 +132,7 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
     run_log = RunLog(out_dir / "metrics.jsonl")
     display = RoundProgress(settings.rounds, progress)
     latest = {"arrays": arrays}
+    outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
 
     def on_round(record: RoundRecord, round_arrays: ArrayRecord) -> None:
         run_log.append(record)
@@ -137,19 +155,24 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
         round_timeout_s=settings.round_timeout_s, slots=settings.num_slots,
     )
     server_app = make_server_app(
-        VirtualClients(prepared.strategy, prepared.sampler), arrays, plan, evaluator, on_round
+        VirtualClients(prepared.strategy, prepared.sampler), arrays, plan, evaluator, on_round,
+        prepared.privacy, outcome,
     )
     display.start()
     try:
         engine.launch(server_app, make_client_app(env), settings.num_slots, settings.backend, verbose)
     finally:
         display.stop()
-        summary = finish(out_dir, run_log.records, latest["arrays"], settings, cfg, started)
+        extra = {"stopped": outcome["stopped"], **prepared.privacy.final_report()}
+        summary = finish(out_dir, run_log.records, latest["arrays"], settings, cfg, started, extra)
     return summary
 
 
-def summarize_run(records: list[RoundRecord], settings: Simulation, cfg: DictConfig, wall_s: float) -> dict[str, Any]:
-    return summarize(
+def summarize_run(
+    records: list[RoundRecord], settings: Simulation, cfg: DictConfig, wall_s: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    summary = summarize(
         records, seed=settings.seed, population=settings.population,
         clients_per_round=settings.clients_per_round, wall_s=wall_s,
         extra={
@@ -157,16 +180,21 @@ def summarize_run(records: list[RoundRecord], settings: Simulation, cfg: DictCon
             "model": cfg.model._target_.rsplit(".", 1)[-1],
             "strategy": cfg.strategy._target_.rsplit(".", 1)[-1],
             "sampling": settings.sampling,
+            **extra,
         },
     )
+    if summary.get("privacy") == "central_dp":
+        summary["epsilon"] = records[-1].epsilon if records else 0.0
+        summary["delta"] = extra.get("delta")
+    return summary
 
 
 def finish(
     out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, settings: Simulation,
-    cfg: DictConfig, started: float,
+    cfg: DictConfig, started: float, extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Write summary.json, model.pt and accuracy.png for whatever rounds finished."""
-    summary = summarize_run(records, settings, cfg, time.perf_counter() - started)
+    summary = summarize_run(records, settings, cfg, time.perf_counter() - started, extra)
     write_summary(out_dir / "summary.json", summary)
     torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
     title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from fedsim.config import ConfigError, locate_targets, parse_simulation
+from fedsim.errors import UserInputError
 from fedsim.simulation import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("partition") == ["dirichlet", "iid", "shards"]
     assert options("model") == ["mobilenet_v2", "mobilenet_v3_small"]
     assert options("norm") == ["batch", "group", "none"]
+    assert options("privacy") == ["central_dp", "none"]
     assert options("strategy") == sorted(
         "fedavg fedprox fedadam fedyogi fedavgm fedmedian fedtrimmedavg krum multikrum "
         "bulyan qfedavg".split()
@@ -116,3 +118,13 @@ def test_cli_prints_one_line_and_exits_2_before_ray(override: str, line: str) ->
     assert result.stderr.strip().startswith(line)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "ray" not in result.stderr.lower()
+
+
+def test_dp_with_a_median_strategy_is_refused_before_ray() -> None:
+    with pytest.raises(UserInputError, match="needs a mean-type strategy"):
+        prepare(make_cfg("privacy=central_dp", "strategy=fedmedian"))
+
+
+def test_pld_cannot_account_fixed_size_sampling() -> None:
+    with pytest.raises(UserInputError, match="privacy.accountant"):
+        prepare(make_cfg("privacy=central_dp", "privacy.accountant=pld"))

@@ -31,6 +31,7 @@ class RoundRecord:
     failed: int
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     num_examples: int = 0  # training samples behind this round's aggregate
+    epsilon: float | None = None  # privacy spent after this round (None without DP)
     wall_s: float = 0.0  # this round, host wall clock
     elapsed_wall_s: float = 0.0  # since the first round started
     client_wall_s: float = 0.0  # sum of the completed clients' local training time

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
+from fedsim.privacy.mechanisms import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
 
@@ -102,6 +103,13 @@ def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
         time.sleep(0.02)
 
 
+def budget_exhausted(privacy: PrivacyPlan, next_round: int) -> bool:
+    """Would running ``next_round`` take epsilon past the plan's target?"""
+    if privacy.target_epsilon is None:
+        return False
+    return privacy.epsilon_after(next_round) > privacy.target_epsilon
+
+
 def run_rounds(
     grid: Grid,
     strategy: Strategy,
@@ -109,11 +117,15 @@ def run_rounds(
     plan: RoundPlan,
     evaluate: Callable[[ArrayRecord], Evaluation],
     on_round: Callable[[RoundRecord, ArrayRecord], None],
-) -> ArrayRecord:
-    """Run ``plan.rounds`` rounds from ``arrays``; return the final global arrays."""
+    privacy: PrivacyPlan,
+) -> str:
+    """Run up to ``plan.rounds`` rounds from ``arrays``; return why the run ended."""
     wait_for_slots(grid, plan.slots)
     first_start = time.perf_counter()
     for server_round in range(1, plan.rounds + 1):
+        if budget_exhausted(privacy, server_round):
+            log.warning("stopping before round %d: it would exceed the privacy budget", server_round)
+            return "privacy_budget"
         start = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = (
@@ -125,7 +137,10 @@ def run_rounds(
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
-        evaluation = evaluate(arrays) if plan.evaluates(server_round) else None
+        if privacy.accountant is not None:
+            privacy.accountant.step()
+        last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
+        evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
         train_loss, num_examples, client_s = weighted_train_loss(outcome.completed)
         now = time.perf_counter()
         record = RoundRecord(
@@ -138,10 +153,11 @@ def run_rounds(
             failed=outcome.failed,
             failures=outcome.failures,
             num_examples=num_examples,
+            epsilon=privacy.accountant.epsilon() if privacy.accountant else None,
             wall_s=now - start,
             elapsed_wall_s=now - first_start,
             client_wall_s=client_s,
         )
         on_round(record, arrays)
-    return arrays
+    return "completed"
 

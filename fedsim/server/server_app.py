@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.privacy.mechanisms import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
 from fedsim.server.rounds import RoundPlan, run_rounds
@@ -23,12 +24,19 @@ def make_server_app(
     plan: RoundPlan,
     evaluate: Callable[[ArrayRecord], Evaluation],
     on_round: Callable[[RoundRecord, ArrayRecord], None],
+    privacy: PrivacyPlan,
+    outcome: dict[str, str],
 ) -> ServerApp:
-    """A ServerApp running ``plan`` with ``strategy`` from ``initial_arrays``."""
+    """A ServerApp running ``plan`` with ``strategy`` from ``initial_arrays``.
+
+    Why the loop ended is written to ``outcome["stopped"]`` for the summary.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's API
-        run_rounds(grid, strategy, initial_arrays, plan, evaluate, on_round)
+        outcome["stopped"] = run_rounds(
+            grid, strategy, initial_arrays, plan, evaluate, on_round, privacy
+        )
 
     return app

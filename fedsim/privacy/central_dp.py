@@ -1,0 +1,128 @@
+"""User-level central DP-FedAvg as a wrapper around any mean-type Flower strategy.
+
+McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018: each
+client's model update (trained minus received weights) is clipped to L2 norm ``C``, the clipped
+updates are *summed* with equal weight, Gaussian noise with std ``z * C`` is added, and the sum
+is divided by the *expected* cohort size ``m`` (the fixed-denominator estimator: dividing by
+the realised cohort size would make the output depend on how many clients Poisson sampling
+drew, which the sensitivity argument does not cover). One round is then a subsampled Gaussian
+mechanism with noise multiplier ``z`` on a sum of sensitivity ``C`` (add/remove one client),
+which is what :mod:`fedsim.privacy.accounting` composes.
+
+Like Flower's ``DifferentialPrivacyServerSideFixedClipping`` this wraps the user's strategy
+rather than replacing it, but it differs where Flower's is not right for user-level DP under
+sampling: Flower weights clients by sample count and divides by the realised cohort. Here the
+inner strategy receives a single reply carrying ``global + noisy mean update`` with weight 1, so
+FedAvg returns it as is and FedAdam/FedYogi/FedAvgM treat it as their pseudo-gradient (all
+post-processing). Strategies whose aggregate is not a mean (median, trimmed mean, Krum, Bulyan,
+q-FedAvg) would turn one reply into nonsense and are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, QFedAvg, Strategy
+
+from fedsim import keys
+from fedsim.privacy import PrivacyConfigError
+from fedsim.privacy.clipping import noisy_mean_of_clipped
+
+# Aggregates that are not a (weighted) mean of the replies; MultiKrum subclasses Krum.
+NOT_MEAN_AGGREGATORS = (FedMedian, FedTrimmedAvg, Krum, Bulyan, QFedAvg)
+
+# Distinguishes the DP noise stream from every other consumer of the run seed.
+_NOISE_STREAM = 0xD9
+
+
+class CentralDP(Strategy):
+    """Clip, sum, noise and divide by the expected cohort; hand the result to ``strategy``.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        A mean-type Flower strategy (FedAvg and its optimiser variants, or a user's).
+    clipping_norm : float
+        ``C``: L2 bound on each client's update.
+    noise_multiplier : float
+        ``z``: noise std on the sum is ``z * C``.
+    expected_cohort : float
+        ``m``: the fixed denominator (clients per round, or its expectation).
+    seed : int
+        Run seed; the noise of round ``r`` is drawn from ``(seed, r)``.
+    """
+
+    def __init__(
+        self, strategy: Strategy, clipping_norm: float, noise_multiplier: float,
+        expected_cohort: float, seed: int,
+    ) -> None:
+        if isinstance(strategy, NOT_MEAN_AGGREGATORS):
+            raise PrivacyConfigError(
+                f"privacy: central DP needs a mean-type strategy; {type(strategy).__name__} "
+                "does not aggregate by a weighted mean, so the sensitivity bound would not hold"
+            )
+        self.strategy = strategy
+        self.clipping_norm = clipping_norm
+        self.noise_multiplier = noise_multiplier
+        self.expected_cohort = expected_cohort
+        self.seed = seed
+        self._global: ArrayRecord | None = None
+        self.clipped: list[tuple[int, int]] = []  # per round: (clipped, aggregated) updates
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = arrays  # updates are measured against the model the cohort received
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self._global is not None, "configure_train runs before aggregate_train"
+        valid = [r for r in replies if not r.has_error()]
+        names = list(self._global.keys())
+        start = [self._global[n].numpy() for n in names]
+        updates = [
+            [next(iter(r.content.array_records.values()))[n].numpy() - s for n, s in zip(names, start)]
+            for r in valid
+        ]
+        rng = np.random.default_rng([self.seed, server_round, _NOISE_STREAM])
+        mean, clipped = noisy_mean_of_clipped(
+            updates, self.clipping_norm, self.noise_multiplier, self.expected_cohort, rng,
+            like=start,
+        )
+        self.clipped.append((clipped, len(updates)))
+        noisy = ArrayRecord({n: Array(s + d) for n, s, d in zip(names, start, mean)})
+        if not valid:
+            # Nobody was sampled: the noise is still released (the accountant counts the round),
+            # but there is no reply to hand the inner strategy.
+            return noisy, None
+        return self.strategy.aggregate_train(server_round, [self._as_one_reply(valid, noisy)])
+
+    def _as_one_reply(self, valid: list[Message], noisy: ArrayRecord) -> Message:
+        """A reply carrying the noisy aggregate with weight 1, shaped like a client's."""
+        weight_key = getattr(self.strategy, "weighted_by_key", keys.NUM_EXAMPLES)
+        arrays_name = next(iter(valid[0].content.array_records))
+        losses = [float(r.content[keys.METRICS].get(keys.TRAIN_LOSS, 0.0)) for r in valid]
+        reply = copy.copy(valid[0])  # shares metadata (reply_to) with a real reply
+        reply.content = RecordDict(
+            {
+                arrays_name: noisy,
+                keys.METRICS: MetricRecord({weight_key: 1, keys.TRAIN_LOSS: float(np.mean(losses))}),
+            }
+        )
+        return reply
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
