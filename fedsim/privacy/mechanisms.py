@@ -27,6 +27,9 @@ class PrivacyPlan:
     target_epsilon: float | None = None  # stop before a round would exceed it
     report: dict[str, Any] = field(default_factory=dict)  # goes into summary.json
     mechanism: CentralDP | None = None
+    # epsilon by round count: the loop asks about round r+1 at the end of round r and again
+    # before it starts, and each answer is a full PLD composition.
+    _epsilons: dict[int, float] = field(default_factory=dict, repr=False)
 
     def final_report(self) -> dict[str, Any]:
         """``report`` plus what the run measured (the fraction of updates that were clipped)."""
@@ -40,8 +43,10 @@ class PrivacyPlan:
         """Epsilon after ``rounds`` rounds (None without DP), without changing the accountant."""
         if self.accountant is None:
             return None
-        probe = PrivacyAccountant.from_state({**self.accountant.state(), "rounds": rounds})
-        return probe.epsilon()
+        if rounds not in self._epsilons:
+            probe = PrivacyAccountant.from_state({**self.accountant.state(), "rounds": rounds})
+            self._epsilons[rounds] = probe.epsilon()
+        return self._epsilons[rounds]
 
 
 @dataclass(frozen=True)
