@@ -29,6 +29,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.privacy import local_dp_rng, privatize
 from clients.training import LocalRecipe, train_locally
 from fedsim import keys
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
@@ -114,19 +115,35 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
     compute_s = time.perf_counter() - started
 
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: result.num_examples,
-            keys.TRAIN_LOSS: result.mean_loss,
-            keys.CLIENT_ID: client_id,
-            keys.TRAIN_STEPS: result.steps,
-            keys.COMPUTE_S: compute_s,
-        }
-    )
-    content = RecordDict(
-        {arrays_name: ArrayRecord(exchangeable_state(model)), keys.METRICS: metrics}
-    )
+    metrics = {
+        keys.NUM_EXAMPLES: result.num_examples,
+        keys.TRAIN_LOSS: result.mean_loss,
+        keys.CLIENT_ID: client_id,
+        keys.TRAIN_STEPS: result.steps,
+        keys.COMPUTE_S: compute_s,
+    }
+    state = exchangeable_state(model)
+    if keys.LOCAL_DP_CLIPPING_NORM in config:
+        state, metrics = apply_local_dp(env, arrays, state, metrics, config, server_round)
+    content = RecordDict({arrays_name: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=message)
+
+
+def apply_local_dp(
+    env: ClientEnvironment, received: ArrayRecord, state: dict[str, torch.Tensor],
+    metrics: dict, config: ConfigRecord, server_round: int,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Privatize the update the server asked local DP for; report weight 1 (see clients.privacy)."""
+    client_id = int(metrics[keys.CLIENT_ID])
+    released, was_clipped = privatize(
+        {name: received[name].numpy() for name in state},
+        {name: tensor.numpy() for name, tensor in state.items()},
+        float(config[keys.LOCAL_DP_CLIPPING_NORM]),
+        float(config[keys.LOCAL_DP_NOISE_MULTIPLIER]),
+        local_dp_rng(env.seed, server_round, client_id),
+    )
+    tensors = {name: torch.from_numpy(array) for name, array in released.items()}
+    return tensors, {**metrics, keys.NUM_EXAMPLES: 1, keys.CLIPPED: int(was_clipped)}
 
 
 def make_client_app(env: ClientEnvironment) -> ClientApp:
@@ -134,7 +151,7 @@ def make_client_app(env: ClientEnvironment) -> ClientApp:
     app = ClientApp()
 
     @app.train()
-    def train(message: Message, context: Context) -> Message:  # noqa: ARG001 - Flower's API
+    def train(message: Message, context: Context) -> Message:
         return train_reply(env, message)
 
     return app

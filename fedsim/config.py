@@ -133,7 +133,7 @@ class Simulation:
 
 
 # Config groups whose node is instantiated from a `_target_`.
-TARGET_GROUPS = ("dataset", "partition", "model", "norm", "strategy", "privacy")
+TARGET_GROUPS = ("dataset", "partition", "model", "norm", "strategy", "privacy", "audit", "secagg")
 
 
 def _writable(node: DictConfig) -> DictConfig:

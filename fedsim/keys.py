@@ -24,3 +24,8 @@ NUM_EXAMPLES = "num-examples"  # Flower's default `weighted_by_key`
 TRAIN_LOSS = "train_loss"  # QFedAvg's default `train_loss_key`
 TRAIN_STEPS = "fedsim.train-steps"
 COMPUTE_S = "fedsim.compute-s"  # wall seconds the client spent training (host CPU)
+
+# --- Local DP (server -> client config, client -> server metric) -----------------------------
+LOCAL_DP_CLIPPING_NORM = "fedsim.ldp-clipping-norm"
+LOCAL_DP_NOISE_MULTIPLIER = "fedsim.ldp-noise-multiplier"
+CLIPPED = "fedsim.clipped"  # 1 if the client's update was scaled down (simulator diagnostic)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
@@ -34,10 +35,12 @@ from fedsim.config import (
 )
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
-from fedsim.models.factory import ModelBuilder
 from fedsim.errors import UserInputError
-from fedsim.models.state import exchangeable_state
-from fedsim.privacy.mechanisms import PrivacyPlan
+from fedsim.models.factory import ModelBuilder
+from fedsim.models.state import exchangeable_state, load_exchangeable_state
+from fedsim.privacy.audit import MembershipAudit, NoAudit
+from fedsim.privacy.plan import PrivacyPlan
+from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
 from fedsim.reporting.run_log import RoundRecord, RunLog
@@ -62,6 +65,8 @@ class Prepared:
     strategy: Strategy  # the user's strategy, wrapped by the privacy mechanism if any
     sampler: CohortSampler
     privacy: PrivacyPlan
+    audit: MembershipAudit | NoAudit
+    secagg: SecAggPlusCostModel | NoSecureAggregation
 
 
 def build_strategy(node: DictConfig) -> Strategy:
@@ -81,36 +86,64 @@ def build_strategy(node: DictConfig) -> Strategy:
     return strategy
 
 
-def build_privacy(node: DictConfig, strategy: Strategy, settings: Simulation) -> PrivacyPlan:
+def build_privacy(
+    node: DictConfig, strategy: Strategy, settings: Simulation, sampler: CohortSampler
+) -> PrivacyPlan:
     """Instantiate the ``privacy`` option and attach it to ``strategy``."""
+    mechanism = instantiate_option("privacy", node)
+    return mechanism.attach(
+        strategy, population=settings.population, cohort=settings.clients_per_round,
+        sampling=settings.sampling, seed=settings.seed, rounds=settings.rounds, sampler=sampler,
+    )
+
+
+def instantiate_option(group: str, node: DictConfig) -> Any:
+    """Instantiate a config group's option; its own one-line errors pass through."""
     try:
-        mechanism = instantiate(node)
+        return instantiate(node)
     except InstantiationException as err:
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
-        raise ConfigError(f"privacy: {str(err.__cause__ or err).splitlines()[0]}") from None
-    return mechanism.attach(
-        strategy, population=settings.population, cohort=settings.clients_per_round,
-        sampling=settings.sampling, seed=settings.seed, rounds=settings.rounds,
-    )
+        raise ConfigError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
+
+
+def refuse_batch_statistics(builder: ModelBuilder, privacy: PrivacyPlan) -> None:
+    """DP covers the exchanged update; BatchNorm's running statistics would be noised into
+    nonsense (a negative variance) or would have to travel unprotected, so DP runs need
+    ``norm=group`` or ``norm=none`` (the DP options select ``group`` by default)."""
+    if privacy.accountant is None:
+        return
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in builder().modules()):
+        raise ConfigError(
+            f"norm: privacy={privacy.report.get('privacy')} cannot protect BatchNorm running "
+            "statistics; use norm=group or norm=none"
+        )
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate ``cfg`` and build data, population, model recipe and strategy."""
     settings = parse_simulation(cfg)
     locate_targets(cfg)
+    audit = instantiate_option("audit", cfg.audit)
+    # Held-out audit clients get shards of the same partition but are never sampled.
     shards = ShardSource.from_config(
-        to_plain(cfg.dataset), to_plain(cfg.partition), settings.population, settings.seed
+        to_plain(cfg.dataset), to_plain(cfg.partition),
+        settings.population + audit.holdout_clients, settings.seed,
     )
     splits, _ = shards.load()  # data-file and partition errors surface here
     builder = ModelBuilder.from_config(
         to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
     )
-    privacy = build_privacy(cfg.privacy, build_strategy(cfg.strategy), settings)
     sampler = CohortSampler(
         settings.population, settings.clients_per_round, settings.seed, settings.sampling
     )
-    return Prepared(settings, splits, shards, builder, privacy.strategy, sampler, privacy)
+    privacy = build_privacy(cfg.privacy, build_strategy(cfg.strategy), settings, sampler)
+    refuse_batch_statistics(builder, privacy)
+    secagg = instantiate_option("secagg", cfg.secagg)
+    secagg.check(privacy.strategy)
+    return Prepared(
+        settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg
+    )
 
 
 def initial_model(prepared: Prepared) -> torch.nn.Module:
@@ -134,7 +167,16 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
     latest = {"arrays": arrays}
     outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
 
+    num_params = sum(int(np.prod(array.shape)) for array in arrays.values())
+    secagg_costs: list[dict[str, Any]] = []
+
     def on_round(record: RoundRecord, round_arrays: ArrayRecord) -> None:
+        cost = prepared.secagg.round_cost(
+            sampled=record.sampled, failed=record.failed, num_params=num_params
+        )
+        if cost is not None:
+            secagg_costs.append(cost)
+            record = replace(record, secagg=cost)
         run_log.append(record)
         latest["arrays"] = round_arrays
         display.update(record)
@@ -163,8 +205,12 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
         engine.launch(server_app, make_client_app(env), settings.num_slots, settings.backend, verbose)
     finally:
         display.stop()
-        extra = {"stopped": outcome["stopped"], **prepared.privacy.final_report()}
-        summary = finish(out_dir, run_log.records, latest["arrays"], settings, cfg, started, extra)
+        extra = {
+            "stopped": outcome["stopped"],
+            **prepared.privacy.final_report(),
+            **prepared.secagg.report(secagg_costs),
+        }
+        summary = finish(out_dir, run_log.records, latest["arrays"], prepared, cfg, started, extra)
     return summary
 
 
@@ -183,20 +229,39 @@ def summarize_run(
             **extra,
         },
     )
-    if summary.get("privacy") == "central_dp":
+    if summary.get("privacy", "none") != "none":
         summary["epsilon"] = records[-1].epsilon if records else 0.0
-        summary["delta"] = extra.get("delta")
     return summary
 
 
+def audit_final_model(
+    prepared: Prepared, records: list[RoundRecord], arrays: ArrayRecord,
+    summary: dict[str, Any], out_dir: Path,
+) -> dict[str, Any]:
+    """Run the ``audit`` option on the final model against every client that trained."""
+    model = prepared.builder()
+    load_exchangeable_state(model, arrays.to_torch_state_dict())
+    members = {client for record in records for client in record.clients}
+    return prepared.audit.run(
+        model=model, shards=prepared.shards, members=members,
+        population=prepared.settings.population, epsilon=summary.get("epsilon"),
+        delta=summary.get("delta"), out_dir=out_dir,
+        title=f"client-level membership inference, {summary.get('privacy')} "
+        f"(seed {prepared.settings.seed})",
+    )
+
+
 def finish(
-    out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, settings: Simulation,
+    out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, prepared: Prepared,
     cfg: DictConfig, started: float, extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Write summary.json, model.pt and accuracy.png for whatever rounds finished."""
+    settings = prepared.settings
     summary = summarize_run(records, settings, cfg, time.perf_counter() - started, extra)
-    write_summary(out_dir / "summary.json", summary)
     torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
+    write_summary(out_dir / "summary.json", summary)  # before the audit: it must never cost this
+    summary.update(audit_final_model(prepared, records, arrays, summary, out_dir))
+    write_summary(out_dir / "summary.json", summary)
     title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"
     plot_accuracy(records, out_dir / "accuracy.png", title)
     return summary

@@ -11,7 +11,8 @@ from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant
 from fedsim.privacy.central_dp import CentralDP
-from fedsim.privacy.mechanisms import CentralDPFixedClipping, PrivacyPlan
+from fedsim.privacy.mechanisms import CentralDPFixedClipping
+from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.rounds import budget_exhausted
 from tests.test_end_to_end import rounds as read_rounds
 from tests.test_end_to_end import run_cli

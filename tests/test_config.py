@@ -32,7 +32,8 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("partition") == ["dirichlet", "iid", "shards"]
     assert options("model") == ["mobilenet_v2", "mobilenet_v3_small"]
     assert options("norm") == ["batch", "group", "none"]
-    assert options("privacy") == ["central_dp", "none"]
+    assert options("privacy") == ["central_dp", "central_dp_adaptive", "local_dp", "none"]
+    assert options("audit") == ["membership", "none"]
     assert options("strategy") == sorted(
         "fedavg fedprox fedadam fedyogi fedavgm fedmedian fedtrimmedavg krum multikrum "
         "bulyan qfedavg".split()
@@ -44,6 +45,20 @@ def test_every_strategy_option_builds_a_flower_strategy(strategy: str) -> None:
     cfg = make_cfg(f"strategy={strategy}")
     locate_targets(cfg)
     assert isinstance(instantiate(cfg.strategy), Strategy)
+
+
+@pytest.mark.parametrize("privacy", options("privacy"))
+def test_every_privacy_option_prepares_with_a_norm_it_can_protect(privacy: str) -> None:
+    prepared = prepare(make_cfg(f"privacy={privacy}"))
+    assert prepared.privacy.report["privacy"] == privacy
+    norms = {type(m).__name__ for m in prepared.builder().modules()}
+    assert ("BatchNorm2d" in norms) == (privacy == "none")  # DP options select norm=group
+
+
+@pytest.mark.parametrize("privacy", ["central_dp", "central_dp_adaptive", "local_dp"])
+def test_dp_with_batch_norm_is_refused_by_name(privacy: str) -> None:
+    with pytest.raises(ConfigError, match="^norm: privacy=.* cannot protect BatchNorm"):
+        prepare(make_cfg(f"privacy={privacy}", "norm=batch"))
 
 
 @pytest.mark.parametrize("partition", options("partition"))

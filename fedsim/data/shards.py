@@ -22,7 +22,7 @@ from fedsim.data.partition import Partition
 # This process's dataset and partition. One entry each: a Hydra multirun runs many jobs in one
 # process, and Fashion-MNIST alone is ~200 MB, so a new job's data replaces the last job's.
 _DATASET: dict[str, DatasetSplits] = {}
-_PARTITION: dict["ShardSource", Partition] = {}
+_PARTITION: dict[ShardSource, Partition] = {}
 
 
 @dataclass(frozen=True)

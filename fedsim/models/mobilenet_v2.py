@@ -88,7 +88,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int, norm_layer: NormLayer) -> None:
         super().__init__()
-        hidden = int(round(in_channels * expand))
+        hidden = round(in_channels * expand)
         self.use_residual = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expand != 1:

@@ -270,12 +270,14 @@ class PrivacyAccountant:
     def epsilon(self) -> float:
         """Epsilon spent after :attr:`rounds` rounds, at the configured delta."""
         if self._cached is None or self._cached[0] != self._rounds:
-            s = self._settings
-            event = dp_event(
-                s["noise_multiplier"], self._rounds, s["sampling"], s["population"], s["cohort"]
-            )
-            self._cached = (self._rounds, epsilon(event, s["delta"], s["accountant"]))
+            self._cached = (self._rounds, self.epsilon_after(self._rounds))
         return self._cached[1]
+
+    def epsilon_after(self, rounds: int) -> float:
+        """Epsilon after ``rounds`` rounds in all (a what-if: the count does not change)."""
+        s = self._settings
+        event = dp_event(s["noise_multiplier"], rounds, s["sampling"], s["population"], s["cohort"])
+        return epsilon(event, s["delta"], s["accountant"])
 
     def state(self) -> dict[str, Any]:
         """Plain, JSON-able state for checkpoints."""

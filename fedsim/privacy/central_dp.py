@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -30,13 +31,38 @@ from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, QFed
 
 from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
-from fedsim.privacy.clipping import noisy_mean_of_clipped
+from fedsim.privacy.clipping import (
+    adaptive_clip_update,
+    noisy_mean_of_clipped,
+    noisy_unclipped_fraction,
+)
 
 # Aggregates that are not a (weighted) mean of the replies; MultiKrum subclasses Krum.
 NOT_MEAN_AGGREGATORS = (FedMedian, FedTrimmedAvg, Krum, Bulyan, QFedAvg)
 
-# Distinguishes the DP noise stream from every other consumer of the run seed.
+# Distinguish the DP noise streams from every other consumer of the run seed.
 _NOISE_STREAM = 0xD9
+_COUNT_STREAM = 0xD9C
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021.
+
+    Parameters
+    ----------
+    target_quantile : float
+        ``gamma``: the fraction of updates the norm should leave unclipped.
+    learning_rate : float
+        ``eta_C`` of the geometric update ``C <- C * exp(-eta_C * (b_bar - gamma))``.
+    count_stddev : float
+        ``sigma_b``: noise std on the count of unclipped updates *in the simulated cohort*
+        (already scaled by ``m / noise_cohort_size`` when that knob is set).
+    """
+
+    target_quantile: float
+    learning_rate: float
+    count_stddev: float
 
 
 class CentralDP(Strategy):
@@ -49,16 +75,20 @@ class CentralDP(Strategy):
     clipping_norm : float
         ``C``: L2 bound on each client's update.
     noise_multiplier : float
-        ``z``: noise std on the sum is ``z * C``.
+        Noise std on the simulated cohort's sum divided by ``C``. This is ``z`` itself, or
+        ``z * m / noise_cohort_size`` when the run borrows a production cohort's noise level,
+        and with adaptive clipping the update share ``z_delta`` of the budget.
     expected_cohort : float
         ``m``: the fixed denominator (clients per round, or its expectation).
     seed : int
         Run seed; the noise of round ``r`` is drawn from ``(seed, r)``.
+    adaptive : AdaptiveClipping, optional
+        Adapt ``C`` after every round from a noisy count of unclipped updates.
     """
 
     def __init__(
         self, strategy: Strategy, clipping_norm: float, noise_multiplier: float,
-        expected_cohort: float, seed: int,
+        expected_cohort: float, seed: int, adaptive: AdaptiveClipping | None = None,
     ) -> None:
         if isinstance(strategy, NOT_MEAN_AGGREGATORS):
             raise PrivacyConfigError(
@@ -70,8 +100,10 @@ class CentralDP(Strategy):
         self.noise_multiplier = noise_multiplier
         self.expected_cohort = expected_cohort
         self.seed = seed
+        self.adaptive = adaptive
         self._global: ArrayRecord | None = None
         self.clipped: list[tuple[int, int]] = []  # per round: (clipped, aggregated) updates
+        self.norms_used: list[float] = []  # per round: the clipping norm applied
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -96,12 +128,27 @@ class CentralDP(Strategy):
             like=start,
         )
         self.clipped.append((clipped, len(updates)))
+        self.norms_used.append(self.clipping_norm)
+        if self.adaptive is not None:
+            unclipped = len(updates) - clipped
+            self.clipping_norm = self._next_clipping_norm(server_round, unclipped, len(updates))
         noisy = ArrayRecord({n: Array(s + d) for n, s, d in zip(names, start, mean)})
         if not valid:
             # Nobody was sampled: the noise is still released (the accountant counts the round),
             # but there is no reply to hand the inner strategy.
             return noisy, None
         return self.strategy.aggregate_train(server_round, [self._as_one_reply(valid, noisy)])
+
+    def _next_clipping_norm(self, server_round: int, unclipped: int, cohort: int) -> float:
+        """Andrew et al.'s step: noisy unclipped fraction, then a geometric move of ``C``."""
+        rng = np.random.default_rng([self.seed, server_round, _COUNT_STREAM])
+        fraction = noisy_unclipped_fraction(
+            unclipped, cohort, self.expected_cohort, self.adaptive.count_stddev, rng
+        )
+        return adaptive_clip_update(
+            self.clipping_norm, fraction, self.adaptive.target_quantile,
+            self.adaptive.learning_rate,
+        )
 
     def _as_one_reply(self, valid: list[Message], noisy: ArrayRecord) -> Message:
         """A reply carrying the noisy aggregate with weight 1, shaped like a client's."""

@@ -1,52 +1,31 @@
-"""The ``privacy`` config group: what a mechanism adds to a run.
+"""The ``privacy`` config group's central options: none, and DP-FedAvg with fixed or adaptive
+clipping.
 
 Each option is a frozen dataclass Hydra builds from ``_target_``; :meth:`attach` receives the
-run's facts at instantiate time and returns a :class:`PrivacyPlan`: the strategy to use (the
-user's, possibly wrapped), the accountant that turns rounds into epsilon, and what to do at a
-target epsilon. The round loop only ever talks to the plan.
+run's facts at instantiate time and returns a :class:`~fedsim.privacy.plan.PrivacyPlan`: the
+strategy to use (the user's, possibly wrapped), the accountant that turns rounds into epsilon,
+and what to do at a target epsilon. Local DP lives in :mod:`fedsim.privacy.local_dp`.
+
+``noise_cohort_size`` (as in Apple's pfl-research) lets a laptop-sized simulation apply the noise
+a production cohort would need: with ``m`` simulated clients and a production cohort ``M``, the
+noise std on the simulated sum is ``z C m / M``, so the *mean* carries ``z C / M``, exactly what
+the production mean would carry. Epsilon is then accounted for the production deployment (cohort
+``M`` out of ``accounting_population``), and the outputs say so: it is not a guarantee about
+the simulated clients.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant, calibrate_noise, default_delta
-from fedsim.privacy.central_dp import CentralDP
-
-
-@dataclass
-class PrivacyPlan:
-    """What the round loop needs to know about privacy in this run."""
-
-    strategy: Strategy
-    accountant: PrivacyAccountant | None = None
-    target_epsilon: float | None = None  # stop before a round would exceed it
-    report: dict[str, Any] = field(default_factory=dict)  # goes into summary.json
-    mechanism: CentralDP | None = None
-    # epsilon by round count: the loop asks about round r+1 at the end of round r and again
-    # before it starts, and each answer is a full PLD composition.
-    _epsilons: dict[int, float] = field(default_factory=dict, repr=False)
-
-    def final_report(self) -> dict[str, Any]:
-        """``report`` plus what the run measured (the fraction of updates that were clipped)."""
-        if self.mechanism is None:
-            return dict(self.report)
-        clipped = sum(c for c, _ in self.mechanism.clipped)
-        total = sum(n for _, n in self.mechanism.clipped)
-        return {**self.report, "clipped_fraction": clipped / total if total else None}
-
-    def epsilon_after(self, rounds: int) -> float | None:
-        """Epsilon after ``rounds`` rounds (None without DP), without changing the accountant."""
-        if self.accountant is None:
-            return None
-        if rounds not in self._epsilons:
-            probe = PrivacyAccountant.from_state({**self.accountant.state(), "rounds": rounds})
-            self._epsilons[rounds] = probe.epsilon()
-        return self._epsilons[rounds]
+from fedsim.privacy.central_dp import AdaptiveClipping, CentralDP
+from fedsim.privacy.clipping import adaptive_update_noise_multiplier
+from fedsim.privacy.plan import PrivacyPlan
 
 
 @dataclass(frozen=True)
@@ -58,36 +37,56 @@ class NoPrivacy:
 
 
 @dataclass(frozen=True)
-class CentralDPFixedClipping:
-    """User-level DP-FedAvg (McMahan et al., ICLR 2018) with a fixed clipping norm.
+class Deployment:
+    """Who the epsilon is about: the simulated run, or the production one it stands in for."""
 
-    Parameters
-    ----------
-    clipping_norm : float
-        L2 bound ``C`` on each client's update.
-    noise_multiplier : float
-        ``z``; the noise std on the sum of clipped updates is ``z * C``. Ignored when
-        ``target_epsilon`` is set with ``on_target="calibrate"``.
-    delta : float or None
-        Target delta; None means 1 / population.
-    accountant : str
-        ``pld`` (reported epsilon; Poisson sampling only), ``rdp``, or ``auto``: PLD under
-        ``simulation.sampling=poisson``, RDP under fixed-size sampling (replace-one relation).
-    target_epsilon : float or None
-        A budget: ``on_target="stop"`` ends training before the round that would exceed it;
-        ``"calibrate"`` chooses the smallest noise multiplier that lasts all planned rounds.
-    """
+    population: int  # N of the accountant
+    cohort: int  # (expected) cohort of the accountant
+    noise_scale: float  # simulated cohort / accounted cohort: scales the noise on the sum
+    label: str | None  # said in the outputs when the accountant is not about this run
 
-    clipping_norm: float = 1.0
+
+def deployment(
+    population: int, cohort: int, noise_cohort_size: int | None, accounting_population: int | None
+) -> Deployment:
+    """The accountant's population and cohort, and how to scale the simulated noise."""
+    if noise_cohort_size is None:
+        if accounting_population is not None:
+            raise PrivacyConfigError(
+                "privacy.accounting_population: only meaningful with privacy.noise_cohort_size"
+            )
+        return Deployment(population, cohort, 1.0, None)
+    if noise_cohort_size < 1:
+        raise PrivacyConfigError(
+            f"privacy.noise_cohort_size: must be >= 1, got {noise_cohort_size}"
+        )
+    # Keep the sampling rate of the simulation unless told otherwise.
+    accounted = accounting_population or round(population * noise_cohort_size / cohort)
+    if accounted < noise_cohort_size:
+        raise PrivacyConfigError(
+            f"privacy.accounting_population: {accounted} is smaller than "
+            f"noise_cohort_size {noise_cohort_size}"
+        )
+    label = (
+        f"epsilon is for a deployment sampling {noise_cohort_size} of {accounted} clients a "
+        f"round; this run's {cohort}-client cohorts get the noise of that cohort's mean"
+    )
+    return Deployment(accounted, noise_cohort_size, cohort / noise_cohort_size, label)
+
+
+@dataclass(frozen=True)
+class _CentralOptions:
+    """Settings shared by both central DP options (see :class:`CentralDPFixedClipping`)."""
+
     noise_multiplier: float = 1.0
     delta: float | None = None
     accountant: str = "auto"
     target_epsilon: float | None = None
     on_target: str = "stop"
+    noise_cohort_size: int | None = None
+    accounting_population: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.clipping_norm <= 0:
-            raise PrivacyConfigError(f"privacy.clipping_norm: must be > 0, got {self.clipping_norm}")
+    def _check(self) -> None:
         if self.noise_multiplier < 0:
             raise PrivacyConfigError(
                 f"privacy.noise_multiplier: must be >= 0, got {self.noise_multiplier}"
@@ -101,21 +100,22 @@ class CentralDPFixedClipping:
                 f"privacy.target_epsilon: must be > 0, got {self.target_epsilon}"
             )
 
-    def attach(
-        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
-        rounds: int,
-    ) -> PrivacyPlan:
-        delta = self.delta if self.delta is not None else default_delta(population)
+    def _ledger(
+        self, *, population: int, cohort: int, sampling: str, rounds: int
+    ) -> tuple[PrivacyAccountant, Deployment, dict[str, Any]]:
+        """The accountant (with the noise multiplier calibrated if asked) and the report."""
+        where = deployment(population, cohort, self.noise_cohort_size, self.accounting_population)
+        delta = self.delta if self.delta is not None else default_delta(where.population)
         accountant = self.accountant
         if accountant == "auto":
             accountant = "pld" if sampling == "poisson" else "rdp"
         z = self.noise_multiplier
         if self.target_epsilon is not None and self.on_target == "calibrate":
             z = calibrate_noise(
-                self.target_epsilon, delta, rounds, sampling, population, cohort, accountant
+                self.target_epsilon, delta, rounds, sampling, where.population, where.cohort,
+                accountant,
             )
-        ledger = PrivacyAccountant(z, delta, sampling, population, cohort, accountant)
-        wrapped = CentralDP(strategy, self.clipping_norm, z, expected_cohort=cohort, seed=seed)
+        ledger = PrivacyAccountant(z, delta, sampling, where.population, where.cohort, accountant)
         report = {
             "privacy": "central_dp",
             "unit": "user (one client added or removed)" if sampling == "poisson"
@@ -123,12 +123,140 @@ class CentralDPFixedClipping:
             "accountant": accountant,
             "delta": delta,
             "noise_multiplier": z,
-            "clipping_norm": self.clipping_norm,
             "target_epsilon": self.target_epsilon,
             "on_target": self.on_target if self.target_epsilon is not None else None,
+            "noise_cohort_size": self.noise_cohort_size,
+            "accounting_population": where.population if where.label else None,
+            "epsilon_is_for": where.label or "this run",
         }
+        return ledger, where, report
+
+    def _plan(self, wrapped: CentralDP, ledger: PrivacyAccountant, report: dict) -> PrivacyPlan:
         stop_at = self.target_epsilon if self.on_target == "stop" else None
         return PrivacyPlan(
             strategy=wrapped, accountant=ledger, target_epsilon=stop_at, report=report,
             mechanism=wrapped,
         )
+
+
+@dataclass(frozen=True)
+class CentralDPFixedClipping(_CentralOptions):
+    """User-level DP-FedAvg (McMahan et al., ICLR 2018) with a fixed clipping norm.
+
+    Parameters
+    ----------
+    clipping_norm : float
+        L2 bound ``C`` on each client's update.
+    noise_multiplier : float
+        ``z``; the noise std on the sum of clipped updates is ``z * C``. Ignored when
+        ``target_epsilon`` is set with ``on_target="calibrate"``.
+    delta : float or None
+        Target delta; None means 1 / population (of the accountant).
+    accountant : str
+        ``pld`` (reported epsilon; Poisson sampling only), ``rdp``, or ``auto``: PLD under
+        ``simulation.sampling=poisson``, RDP under fixed-size sampling (replace-one relation).
+    target_epsilon : float or None
+        A budget: ``on_target="stop"`` ends training before the round that would exceed it;
+        ``"calibrate"`` chooses the smallest noise multiplier that lasts all planned rounds.
+    noise_cohort_size, accounting_population : int or None
+        Borrow a production cohort's noise level (see the module docstring).
+    """
+
+    clipping_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.clipping_norm <= 0:
+            raise PrivacyConfigError(f"privacy.clipping_norm: must be > 0, got {self.clipping_norm}")
+        self._check()
+
+    def attach(
+        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
+        rounds: int, **_: Any,
+    ) -> PrivacyPlan:
+        ledger, where, report = self._ledger(
+            population=population, cohort=cohort, sampling=sampling, rounds=rounds
+        )
+        z = report["noise_multiplier"]
+        wrapped = CentralDP(
+            strategy, self.clipping_norm, z * where.noise_scale, expected_cohort=cohort, seed=seed
+        )
+        return self._plan(wrapped, ledger, {**report, "clipping_norm": self.clipping_norm})
+
+
+@dataclass(frozen=True)
+class CentralDPAdaptiveClipping(_CentralOptions):
+    """DP-FedAvg whose clipping norm tracks a quantile of update norms (Andrew et al., 2021).
+
+    Each round also releases a noisy count of the updates that were within the norm; the norm
+    then moves geometrically, ``C <- C * exp(-clip_learning_rate * (b_bar - target_quantile))``.
+    The two releases together cost one Gaussian mechanism with noise multiplier
+    ``noise_multiplier`` (Theorem 1 of the paper), so the accountant is the fixed-clipping one
+    with that ``z``, and the updates themselves get the larger
+    ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2``.
+
+    Parameters
+    ----------
+    initial_clipping_norm : float
+        ``C`` in round 1.
+    target_quantile : float
+        ``gamma``: fraction of updates to leave unclipped (the paper uses 0.5).
+    clip_learning_rate : float
+        ``eta_C`` (the paper uses 0.2).
+    clipped_count_stddev : float or None
+        ``sigma_b`` for the (production) cohort; None means cohort / 20 as the paper suggests,
+        raised to ``noise_multiplier`` for cohorts too small for that (the count may not use up
+        the budget: ``2 sigma_b > z`` is required, and ``sigma_b = z`` costs the updates 15 %
+        more noise). An explicit value must exceed ``noise_multiplier / 2``.
+    """
+
+    initial_clipping_norm: float = 0.1
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.initial_clipping_norm <= 0:
+            raise PrivacyConfigError(
+                f"privacy.initial_clipping_norm: must be > 0, got {self.initial_clipping_norm}"
+            )
+        if not 0 <= self.target_quantile <= 1:
+            raise PrivacyConfigError(
+                f"privacy.target_quantile: must be in [0, 1], got {self.target_quantile}"
+            )
+        if self.clip_learning_rate <= 0:
+            raise PrivacyConfigError(
+                f"privacy.clip_learning_rate: must be > 0, got {self.clip_learning_rate}"
+            )
+        if self.clipped_count_stddev is not None and self.clipped_count_stddev <= 0:
+            raise PrivacyConfigError(
+                f"privacy.clipped_count_stddev: must be > 0, got {self.clipped_count_stddev}"
+            )
+        self._check()
+
+    def attach(
+        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
+        rounds: int, **_: Any,
+    ) -> PrivacyPlan:
+        ledger, where, report = self._ledger(
+            population=population, cohort=cohort, sampling=sampling, rounds=rounds
+        )
+        z = report["noise_multiplier"]
+        sigma_b = self.clipped_count_stddev or max(where.cohort / 20, z)
+        z_update = adaptive_update_noise_multiplier(z, sigma_b)
+        wrapped = CentralDP(
+            strategy, self.initial_clipping_norm, z_update * where.noise_scale,
+            expected_cohort=cohort, seed=seed,
+            adaptive=AdaptiveClipping(
+                self.target_quantile, self.clip_learning_rate, sigma_b * where.noise_scale
+            ),
+        )
+        report = {
+            **report,
+            "privacy": "central_dp_adaptive",
+            "clipping_norm": self.initial_clipping_norm,
+            "target_quantile": self.target_quantile,
+            "clip_learning_rate": self.clip_learning_rate,
+            "clipped_count_stddev": sigma_b,
+            "update_noise_multiplier": z_update,
+        }
+        return self._plan(wrapped, ledger, report)

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from fedsim.reporting.run_log import RoundRecord  # noqa: E402
+from fedsim.reporting.run_log import RoundRecord
 
 
 def plot_accuracy(records: list[RoundRecord], path: Path, title: str) -> None:

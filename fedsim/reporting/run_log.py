@@ -32,6 +32,9 @@ class RoundRecord:
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     num_examples: int = 0  # training samples behind this round's aggregate
     epsilon: float | None = None  # privacy spent after this round (None without DP)
+    clipping_norm: float | None = None  # DP clipping norm applied this round (None without DP)
+    clients: list[int] = field(default_factory=list)  # virtual clients whose update was used
+    secagg: dict | None = None  # secure-aggregation cost model's figures (None: no secagg)
     wall_s: float = 0.0  # this round, host wall clock
     elapsed_wall_s: float = 0.0  # since the first round started
     client_wall_s: float = 0.0  # sum of the completed clients' local training time

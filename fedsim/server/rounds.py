@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.privacy.mechanisms import PrivacyPlan
+from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
 
@@ -94,6 +94,11 @@ def weighted_train_loss(replies: list[Message]) -> tuple[float | None, int, floa
     return (total / weight if weight else None), weight, seconds
 
 
+def completed_clients(replies: list[Message]) -> list[int]:
+    """Sorted virtual client ids of the completed replies (the members of the final model)."""
+    return sorted(int(r.content[keys.METRICS][keys.CLIENT_ID]) for r in replies)
+
+
 def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
     """Block until the simulation engine has registered every execution slot."""
     deadline = time.monotonic() + timeout_s
@@ -154,6 +159,8 @@ def run_rounds(
             failures=outcome.failures,
             num_examples=num_examples,
             epsilon=privacy.accountant.epsilon() if privacy.accountant else None,
+            clipping_norm=privacy.clipping_norm_of(server_round),
+            clients=completed_clients(outcome.completed),
             wall_s=now - start,
             elapsed_wall_s=now - first_start,
             client_wall_s=client_s,

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.privacy.mechanisms import PrivacyPlan
+from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
 from fedsim.server.rounds import RoundPlan, run_rounds
@@ -34,7 +34,7 @@ def make_server_app(
     app = ServerApp()
 
     @app.main()
-    def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's API
+    def main(grid: Grid, context: Context) -> None:
         outcome["stopped"] = run_rounds(
             grid, strategy, initial_arrays, plan, evaluate, on_round, privacy
         )

@@ -1,0 +1,29 @@
+"""Hydra callbacks: the trade-off report at the end of every multirun."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class TradeoffReport(Callback):
+    """After ``run_sim.py -m ...`` finishes, write ``tradeoff.{csv,md,png}`` into the sweep dir.
+
+    A report failure must not look like a failed sweep: it is one line on stderr, and
+    ``python -m fedsim.report <dir>`` can write it again.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from fedsim.reporting.tradeoff import OUTPUTS, write_report  # keep `run_sim.py` start fast
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            rows = write_report(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - reported, never raised: the jobs are done
+            print(f"fedsim: trade-off report not written: {err}", file=sys.stderr)
+            return
+        print(f"fedsim: {len(rows)} settings -> {sweep_dir / OUTPUTS[1]}")
