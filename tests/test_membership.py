@@ -93,3 +93,9 @@ def test_membership_report_by_hand(tmp_path) -> None:
     path = tmp_path / "roc.png"
     plot_roc({"hand": roc_curve(MEMBERS, NONMEMBERS)}, path, epsilon=1.0, delta=0.01)
     assert path.stat().st_size > 0
+
+
+def test_dp_bound_of_a_huge_epsilon_is_one_not_an_overflow() -> None:
+    # epsilon ~ 1000 is what z = 0.3 on a 10-client cohort gives after 25 rounds.
+    assert dp_tpr_bound(0.01, 1016.5, 0.01) == 1.0
+    assert dp_tpr_bound(np.array([0.0, 1e-6, 0.5]), 800.0, 0.0).tolist() == [0.0, 1.0, 1.0]

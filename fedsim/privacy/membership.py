@@ -28,7 +28,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt
 
-Curve = tuple[np.ndarray, np.ndarray]  # (fpr, tpr), both rising from 0 to 1
+Curve = tuple[np.ndarray, np.ndarray]
+_EXP_LIMIT = 700.0  # math.exp overflows above ~709.78; the bound is 1 long before that  # (fpr, tpr), both rising from 0 to 1
 
 
 def client_score(losses: np.ndarray) -> float:
@@ -103,10 +104,13 @@ def dp_tpr_bound(fpr: np.ndarray | float, epsilon: float, delta: float) -> np.nd
     if math.isinf(epsilon):
         bound = np.ones_like(x)
     else:
+        # e^eps overflows above eps ~ 709.8 (z = 0.3 on small cohorts gets there): cap it; the
+        # capped factor times any positive FPR still exceeds 1, and 0 * factor stays 0.
+        grow = math.exp(min(epsilon, _EXP_LIMIT))
         bound = np.minimum.reduce(
             [
                 np.ones_like(x),
-                math.exp(epsilon) * x + delta,
+                np.where(x > 0, grow * x, 0.0) + delta,
                 1 - math.exp(-epsilon) * (1 - delta - x),
             ]
         )
