@@ -15,8 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedsim.config import parse_simulation
+from fedsim.config import check_group_options, parse_simulation
 from fedsim.errors import UserInputError
+from fedsim.resume import resume_config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -25,10 +26,16 @@ def main(cfg: DictConfig) -> float | None:
     verbose = bool(cfg.get("verbose", False))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
+        if cfg.get("resume"):
+            out_dir = Path(cfg.resume)
+            cfg = resume_config(out_dir, list(HydraConfig.get().overrides.task))
         parse_simulation(cfg)  # fail on a bad value before torch, Flower and Ray are imported
         from fedsim.simulation import run
 
-        summary = run(cfg, out_dir, verbose=verbose, progress=str(cfg.get("progress", "auto")))
+        summary = run(
+            cfg, out_dir, verbose=verbose, progress=str(cfg.get("progress", "auto")),
+            resume=bool(cfg.get("resume")),
+        )
     except UserInputError as err:
         if verbose:
             traceback.print_exc()
@@ -41,5 +48,15 @@ def main(cfg: DictConfig) -> float | None:
     return accuracy  # Hydra sweepers (e.g. Optuna) can optimise this
 
 
+def check_command_line() -> None:
+    """One line for an unknown ``group=option`` before Hydra's twenty (exit code 2)."""
+    try:
+        check_group_options(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    except UserInputError as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_command_line()
     main()

@@ -12,9 +12,11 @@ The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optio
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +56,8 @@ class ClientEnvironment:
         Run seed; with the round and client id it seeds every local shuffle.
     threads : int
         Torch intra-op threads for this process (the slot's CPU share).
+    scratch_dir : str
+        A directory every actor can write (the run directory): fault-injection markers.
     """
 
     shards: Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -61,6 +65,7 @@ class ClientEnvironment:
     recipe: LocalRecipe
     seed: int
     threads: int
+    scratch_dir: str = "."
 
 
 _MODELS: dict[Hashable, nn.Module] = {}
@@ -96,10 +101,40 @@ def local_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+class InjectedFault(RuntimeError):
+    """Raised by a client-round the server told to fail (``faults.client_error_rate``)."""
+
+
+def obey_fault(env: ClientEnvironment, config: ConfigRecord) -> dict:
+    """Act out the fault the server injected into this client-round; return reply metrics.
+
+    A killed actor is restarted by Ray, which re-runs the message; the marker file left before
+    dying makes the re-run train normally and report that it recovered.
+    """
+    fault = config.get(keys.FAULT)
+    if fault == "error":
+        raise InjectedFault("injected client error (faults.client_error_rate)")
+    if fault == "slow":
+        time.sleep(float(config[keys.SLOW_FOR_S]))  # overruns simulation.client_timeout_s
+    if fault == "kill":
+        marker = Path(env.scratch_dir) / (
+            f"killed-r{int(config.get(keys.SERVER_ROUND, 0))}-c{int(config[keys.CLIENT_ID])}"
+        )
+        if marker.exists():
+            return {keys.RECOVERED: 1}  # Ray's re-run of the message after the kill
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        with open(marker, "w") as fh:
+            os.fsync(fh.fileno())
+        os._exit(17)  # the Ray actor dies mid-round (faults.kill_actor_at_round)
+    return {keys.RECOVERED: 0}  # every reply has the key: Flower aggregates only uniform records
+
+
 def train_reply(env: ClientEnvironment, message: Message) -> Message:
     """Train as the virtual client named in ``message`` and build the reply."""
+    handling = time.perf_counter()
     (arrays_name, arrays), = message.content.array_records.items()
     config = next(iter(message.content.config_records.values()))
+    fault_metrics = obey_fault(env, config)
     client_id = int(config[keys.CLIENT_ID])
     server_round = int(config.get(keys.SERVER_ROUND, 0))
     recipe = recipe_for_round(env.recipe, config)
@@ -125,6 +160,8 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     state = exchangeable_state(model)
     if keys.LOCAL_DP_CLIPPING_NORM in config:
         state, metrics = apply_local_dp(env, arrays, state, metrics, config, server_round)
+    metrics.update(fault_metrics)
+    metrics[keys.HANDLE_S] = time.perf_counter() - handling
     content = RecordDict({arrays_name: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=message)
 

@@ -10,6 +10,7 @@ typo costs a second, not a Ray start-up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
@@ -96,12 +97,18 @@ class Simulation:
     sampling: str  # "fixed": k distinct clients; "poisson": each with prob k/population
     slots: int | None  # supernodes (execution slots); None = clients_per_round
     round_timeout_s: float
+    client_timeout_s: float | None  # a phone slower than this counts as failed (`timeout`)
+    min_completed: int  # fewer completed phones than this: the round is not aggregated
+    checkpoint_every: int  # write checkpoint.pkl every n rounds (and at the end)
     eval_batch_size: int
     local: LocalTraining
     backend: Backend
 
     def __post_init__(self) -> None:
-        for key in ("rounds", "clients_per_round", "population", "eval_every", "eval_batch_size"):
+        for key in (
+            "rounds", "clients_per_round", "population", "eval_every", "eval_batch_size",
+            "checkpoint_every",
+        ):
             value = getattr(self, key)
             _require(value >= 1, f"simulation.{key}", f"must be >= 1, got {value}")
         _require(
@@ -126,10 +133,53 @@ class Simulation:
             f"must be > 0, got {self.round_timeout_s}",
         )
 
+        _require(
+            self.client_timeout_s is None or self.client_timeout_s > 0,
+            "simulation.client_timeout_s",
+            f"must be > 0 or null, got {self.client_timeout_s}",
+        )
+        _require(
+            self.min_completed >= 0,
+            "simulation.min_completed",
+            f"must be >= 0, got {self.min_completed}",
+        )
+
     @property
     def num_slots(self) -> int:
         """Supernodes to start: slots are reused, so more than a cohort is never useful."""
         return min(self.slots or self.clients_per_round, self.clients_per_round)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected failures, for testing a run's resilience (all off by default).
+
+    Which phone fails in which round is a function of ``(seed, round, phone id)`` only, so a
+    faulty run is as reproducible as a clean one.
+    """
+
+    client_error_rate: float  # share of client-rounds whose ClientApp raises
+    slow_client_rate: float  # share of client-rounds that overrun simulation.client_timeout_s
+    kill_actor_at_round: int | None  # in this round, the lowest-id phone kills its Ray actor
+
+    def __post_init__(self) -> None:
+        for key in ("client_error_rate", "slow_client_rate"):
+            value = getattr(self, key)
+            _require(0 <= value <= 1, f"faults.{key}", f"must be in [0, 1], got {value}")
+        _require(
+            self.kill_actor_at_round is None or self.kill_actor_at_round >= 1,
+            "faults.kill_actor_at_round",
+            f"must be >= 1 or null, got {self.kill_actor_at_round}",
+        )
+
+    @property
+    def any(self) -> bool:
+        return bool(self.client_error_rate or self.slow_client_rate or self.kill_actor_at_round)
+
+
+def parse_faults(cfg: DictConfig) -> Faults:
+    """Type-check and range-check ``cfg.faults``."""
+    return _parse(cfg, "faults", Faults)
 
 
 # Config groups whose node is instantiated from a `_target_`.
@@ -148,18 +198,45 @@ def _writable(node: DictConfig) -> DictConfig:
 
 def parse_simulation(cfg: DictConfig) -> Simulation:
     """Type-check and range-check ``cfg.simulation``; raise :class:`ConfigError` on the first fault."""
-    if "simulation" not in cfg:
-        raise ConfigError("simulation: missing from the config")
+    return _parse(cfg, "simulation", Simulation)
+
+
+def _parse(cfg: DictConfig, node: str, schema_type: type) -> Any:
+    """Merge ``cfg[node]`` into ``schema_type``'s structured schema and build the dataclass."""
+    if node not in cfg:
+        raise ConfigError(f"{node}: missing from the config")
     try:
-        schema = _writable(OmegaConf.structured(Simulation))
-        merged = OmegaConf.merge(schema, cfg.simulation)
+        schema = _writable(OmegaConf.structured(schema_type))
+        merged = OmegaConf.merge(schema, cfg[node])
         return OmegaConf.to_object(merged)  # runs __post_init__ range checks
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "simulation"
-        if not key.startswith("simulation"):
-            key = f"simulation.{key}"
+        key = getattr(err, "full_key", None) or node
+        if not key.startswith(node):
+            key = f"{node}.{key}"
         reason = str(err).splitlines()[0]
         raise ConfigError(f"{key}: {reason}") from None
+
+
+def check_group_options(overrides: list[str], conf_dir: Path) -> None:
+    """Refuse ``group=option`` overrides naming an option that has no YAML file.
+
+    Hydra reports this itself, but over twenty lines; this check runs on the raw command line
+    first and says it in one. Sweep lists (``strategy=fedavg,krum``) are checked item by item.
+    """
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if not sep or "." in group or "/" in group or not (conf_dir / group).is_dir():
+            continue
+        if "(" in value:  # Hydra sweep functions: range(), choice(), glob() ...
+            continue
+        available = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        for option in value.split(","):
+            _require(
+                option in available or option in ("null", ""),
+                group,
+                f"no option {option!r} (choose from {', '.join(available)})",
+            )
 
 
 def locate_targets(cfg: DictConfig) -> None:

@@ -34,7 +34,16 @@ def backend_config(backend: Backend, verbose: bool) -> dict[str, Any]:
         if backend.num_cpus is not None:
             init_args["num_cpus"] = backend.num_cpus
     return {
-        "client_resources": {"num_cpus": backend.client_cpus, "num_gpus": 0.0},
+        # Flower passes client_resources to the actor's .options(). An actor whose process dies
+        # (a crash, the OOM killer, faults.kill_actor_at_round) would otherwise stay dead in
+        # Flower's pool and fail every later message. Ray restarts it instead and re-runs the
+        # messages it lost; local training is seeded by (seed, round, client), so a re-run
+        # gives the same reply and the run stays reproducible. ClientApp exceptions are not
+        # retried (Ray retries system failures only).
+        "client_resources": {
+            "num_cpus": backend.client_cpus, "num_gpus": 0.0, "max_restarts": -1,
+            "max_task_retries": -1,
+        },
         "init_args": init_args,
     }
 

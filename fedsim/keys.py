@@ -29,3 +29,9 @@ COMPUTE_S = "fedsim.compute-s"  # wall seconds the client spent training (host C
 LOCAL_DP_CLIPPING_NORM = "fedsim.ldp-clipping-norm"
 LOCAL_DP_NOISE_MULTIPLIER = "fedsim.ldp-noise-multiplier"
 CLIPPED = "fedsim.clipped"  # 1 if the client's update was scaled down (simulator diagnostic)
+
+# --- Fault injection (server -> client config) ------------------------------------------------
+FAULT = "fedsim.fault"  # "error" | "slow" | "kill": what this client-round must do (see faults)
+SLOW_FOR_S = "fedsim.slow-for-s"  # how long a "slow" client-round sleeps before training
+HANDLE_S = "fedsim.handle-s"  # wall seconds the ClientApp spent on the message, all included
+RECOVERED = "fedsim.recovered"  # 1: this reply is Ray's re-run after the actor died mid-message

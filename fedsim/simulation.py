@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,11 +30,13 @@ from omegaconf import DictConfig
 
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
-from fedsim import engine
+from fedsim import checkpoint, engine
 from fedsim.config import (
     ConfigError,
+    Faults,
     Simulation,
     locate_targets,
+    parse_faults,
     parse_simulation,
     to_plain,
 )
@@ -43,9 +50,11 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
-from fedsim.reporting.run_log import RoundRecord, RunLog
+from fedsim.reporting.run_log import RoundRecord
 from fedsim.reporting.summary import summarize, write_summary
+from fedsim.run_state import RunState
 from fedsim.server.evaluation import CentralEvaluator
+from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.sampler import CohortSampler
 from fedsim.server.server_app import make_server_app
@@ -67,6 +76,7 @@ class Prepared:
     privacy: PrivacyPlan
     audit: MembershipAudit | NoAudit
     secagg: SecAggPlusCostModel | NoSecureAggregation
+    faults: Faults
 
 
 def build_strategy(node: DictConfig) -> Strategy:
@@ -141,8 +151,12 @@ def prepare(cfg: DictConfig) -> Prepared:
     refuse_batch_statistics(builder, privacy)
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(privacy.strategy)
+    faults = parse_faults(cfg)
+    if faults.slow_client_rate and settings.client_timeout_s is None:
+        raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
     return Prepared(
-        settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg
+        settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg,
+        faults,
     )
 
 
@@ -152,8 +166,14 @@ def initial_model(prepared: Prepared) -> torch.nn.Module:
     return prepared.builder()
 
 
-def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str = "auto") -> dict[str, Any]:
-    """Run the simulation ``cfg`` describes and write its outputs into ``out_dir``."""
+def run(
+    cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str = "auto",
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the simulation ``cfg`` describes and write its outputs into ``out_dir``.
+
+    ``resume``: continue from ``out_dir``'s checkpoint (``cfg`` must be the run's saved config).
+    """
     started = time.perf_counter()
     prepared = prepare(cfg)
     settings = prepared.settings
@@ -161,28 +181,61 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
 
     model = initial_model(prepared)
     arrays = ArrayRecord(exchangeable_state(model))
+    restored: list[RoundRecord] = []
+    if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
+        arrays, restored = restore(prepared, checkpoint.load(out_dir))
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
-    run_log = RunLog(out_dir / "metrics.jsonl")
+    state = RunState(
+        out_dir, prepared.strategy, prepared.privacy, arrays, settings.checkpoint_every, restored
+    )
     display = RoundProgress(settings.rounds, progress)
-    latest = {"arrays": arrays}
     outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
-
     num_params = sum(int(np.prod(array.shape)) for array in arrays.values())
-    secagg_costs: list[dict[str, Any]] = []
 
     def on_round(record: RoundRecord, round_arrays: ArrayRecord) -> None:
         cost = prepared.secagg.round_cost(
             sampled=record.sampled, failed=record.failed, num_params=num_params
         )
-        if cost is not None:
-            secagg_costs.append(cost)
-            record = replace(record, secagg=cost)
-        run_log.append(record)
-        latest["arrays"] = round_arrays
+        state.on_round(replace(record, secagg=cost), round_arrays)
         display.update(record)
 
-    local = settings.local
-    env = ClientEnvironment(
+    plan = RoundPlan(
+        rounds=settings.rounds, eval_every=settings.eval_every,
+        round_timeout_s=settings.round_timeout_s, slots=settings.num_slots,
+        first_round=len(restored) + 1, client_timeout_s=settings.client_timeout_s,
+        min_completed=settings.min_completed,
+    )
+    faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
+    clients = VirtualClients(
+        prepared.strategy, prepared.sampler, faults if prepared.faults.any else None
+    )
+    stop = threading.Event()
+    server_app = make_server_app(
+        clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, stop
+    )
+    display.start()
+    try:
+        with stop_on_ctrl_c(stop):
+            engine.launch(
+                server_app, make_client_app(client_environment(prepared, out_dir)), settings.num_slots,
+                settings.backend, verbose,
+            )
+    finally:
+        display.stop()
+        state.write_checkpoint()  # the last finished round, whatever ended the run
+        extra = {
+            "stopped": outcome["stopped"],
+            **prepared.privacy.final_report(),
+            **prepared.secagg.report([r.secagg for r in state.records if r.secagg]),
+        }
+        summary = finish(out_dir, state.records, state.arrays, prepared, cfg, started, extra)
+    return summary
+
+
+def client_environment(prepared: Prepared, out_dir: Path) -> ClientEnvironment:
+    """What every phone needs, as picklable recipes."""
+    settings, local = prepared.settings, prepared.settings.local
+    return ClientEnvironment(
         shards=prepared.shards,
         build_model=prepared.builder,
         recipe=LocalRecipe(
@@ -191,27 +244,42 @@ def run(cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str 
         ),
         seed=settings.seed,
         threads=settings.backend.client_cpus,
+        scratch_dir=str(out_dir / ".fedsim"),
     )
-    plan = RoundPlan(
-        rounds=settings.rounds, eval_every=settings.eval_every,
-        round_timeout_s=settings.round_timeout_s, slots=settings.num_slots,
-    )
-    server_app = make_server_app(
-        VirtualClients(prepared.strategy, prepared.sampler), arrays, plan, evaluator, on_round,
-        prepared.privacy, outcome,
-    )
-    display.start()
+
+
+def restore(
+    prepared: Prepared, saved: checkpoint.Checkpoint
+) -> tuple[ArrayRecord, list[RoundRecord]]:
+    """Put a checkpoint's strategy stack and accountant in place; return its model and rounds."""
+    prepared.strategy = saved.strategy
+    prepared.privacy.strategy = saved.strategy
+    if prepared.privacy.mechanism is not None:
+        prepared.privacy.mechanism = saved.strategy  # the outermost wrapper is the mechanism
+    if prepared.privacy.accountant is not None:
+        prepared.privacy.accountant.step(int(saved.accountant["rounds"]))
+    return saved.arrays, [RoundRecord(**r) for r in saved.records]
+
+
+@contextmanager
+def stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: finish cleanly (checkpoint the last finished round). Second: abort."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("fedsim: stopping; the last finished round is checkpointed (Ctrl-C again aborts)",
+              file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
     try:
-        engine.launch(server_app, make_client_app(env), settings.num_slots, settings.backend, verbose)
+        yield
     finally:
-        display.stop()
-        extra = {
-            "stopped": outcome["stopped"],
-            **prepared.privacy.final_report(),
-            **prepared.secagg.report(secagg_costs),
-        }
-        summary = finish(out_dir, run_log.records, latest["arrays"], prepared, cfg, started, extra)
-    return summary
+        signal.signal(signal.SIGINT, previous)
 
 
 def summarize_run(

@@ -31,7 +31,7 @@ def test_adaptive_norm_moves_by_the_papers_step_by_hand() -> None:
     dp = CentralDP(FedAvg(), 1.0, 0.0, expected_cohort=4, seed=0, adaptive=adaptive)
     updates = [[0.5, 0.0], [2.0, 0.0], [0.0, 3.0], [4.0, 0.0]]  # norms 0.5, 2, 3, 4: one within C
     dp.aggregate_train(1, replies_for(dp, [0.0, 0.0], updates, [1, 1, 1, 1]))
-    assert dp.norms_used == [1.0]
+    assert dp.norms_used == {1: 1.0}
     assert dp.clipping_norm == pytest.approx(math.exp(-0.2 * (0.25 - 0.5)))  # 1.0513: grows
     assert dp.clipped == [(3, 4)]
 

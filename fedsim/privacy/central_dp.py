@@ -103,7 +103,7 @@ class CentralDP(Strategy):
         self.adaptive = adaptive
         self._global: ArrayRecord | None = None
         self.clipped: list[tuple[int, int]] = []  # per round: (clipped, aggregated) updates
-        self.norms_used: list[float] = []  # per round: the clipping norm applied
+        self.norms_used: dict[int, float] = {}  # per round: the clipping norm applied
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -128,7 +128,7 @@ class CentralDP(Strategy):
             like=start,
         )
         self.clipped.append((clipped, len(updates)))
-        self.norms_used.append(self.clipping_norm)
+        self.norms_used[server_round] = self.clipping_norm
         if self.adaptive is not None:
             unclipped = len(updates) - clipped
             self.clipping_norm = self._next_clipping_norm(server_round, unclipped, len(updates))

@@ -142,7 +142,7 @@ class LocalDPInstructions(Strategy):
         self.clipping_norm = clipping_norm
         self.noise_multiplier = noise_multiplier
         self.clipped: list[tuple[int, int]] = []  # per round: (clipped, received) reports
-        self.norms_used: list[float] = []
+        self.norms_used: dict[int, float] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -162,7 +162,7 @@ class LocalDPInstructions(Strategy):
         # A simulator diagnostic: a deployment would not learn which reports were clipped.
         clipped = sum(int(r.content[keys.METRICS].get(keys.CLIPPED, 0)) for r in valid)
         self.clipped.append((clipped, len(valid)))
-        self.norms_used.append(self.clipping_norm)
+        self.norms_used[server_round] = self.clipping_norm
         return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
@@ -236,4 +236,5 @@ class LocalDP:
             target_epsilon=self.target_epsilon,
             report=report,
             mechanism=wrapped,
+            charge_unaggregated=True,
         )

@@ -30,8 +30,8 @@ class Accountant(Protocol):
 class Mechanism(Protocol):
     """The wrapper that applies DP; it records what it clipped, round by round."""
 
-    clipped: list[tuple[int, int]]  # per round: (clipped, aggregated) updates
-    norms_used: list[float]  # per round: the clipping norm applied
+    clipped: list[tuple[int, int]]  # per aggregated round: (clipped, aggregated) updates
+    norms_used: dict[int, float]  # round -> the clipping norm applied
 
 
 @dataclass
@@ -43,6 +43,8 @@ class PrivacyPlan:
     target_epsilon: float | None = None  # stop before a round would exceed it
     report: dict[str, Any] = field(default_factory=dict)  # goes into summary.json
     mechanism: Mechanism | None = None
+    # Local DP releases every report, aggregated or not; central DP only the aggregate.
+    charge_unaggregated: bool = False
     # epsilon by round count: the loop asks about round r+1 at the end of round r and again
     # before it starts, and each answer is a full PLD composition.
     _epsilons: dict[int, float] = field(default_factory=dict, repr=False)
@@ -57,14 +59,14 @@ class PrivacyPlan:
         return {
             **self.report,
             "clipped_fraction": clipped / total if total else None,
-            "final_clipping_norm": norms[-1] if norms else None,
+            "final_clipping_norm": norms[max(norms)] if norms else None,
         }
 
     def clipping_norm_of(self, server_round: int) -> float | None:
         """The clipping norm applied in ``server_round`` (None without DP)."""
-        if self.mechanism is None or len(self.mechanism.norms_used) < server_round:
+        if self.mechanism is None:
             return None
-        return self.mechanism.norms_used[server_round - 1]
+        return self.mechanism.norms_used.get(server_round)
 
     def epsilon_after(self, rounds: int) -> float | None:
         """Epsilon after ``rounds`` rounds (None without DP), without changing the accountant."""

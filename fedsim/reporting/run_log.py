@@ -30,6 +30,8 @@ class RoundRecord:
     completed: int
     failed: int
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    aggregated: bool = True  # False: fewer than simulation.min_completed phones completed
+    recovered: int = 0  # replies Ray re-ran after their actor died mid-message
     num_examples: int = 0  # training samples behind this round's aggregate
     epsilon: float | None = None  # privacy spent after this round (None without DP)
     clipping_norm: float | None = None  # DP clipping norm applied this round (None without DP)
@@ -44,13 +46,22 @@ class RoundRecord:
 
 
 class RunLog:
-    """Appends round records to ``metrics.jsonl`` and keeps them for the summary."""
+    """Appends round records to ``metrics.jsonl`` and keeps them for the summary.
 
-    def __init__(self, path: Path) -> None:
+    ``restored`` are the rounds of a resumed run: the file is rewritten to hold exactly those
+    (a killed run may have appended rounds after its last checkpoint; they are redone).
+    """
+
+    def __init__(self, path: Path, restored: list[RoundRecord] | None = None) -> None:
         self.path = path
-        self.records: list[RoundRecord] = []
+        self.records: list[RoundRecord] = list(restored or [])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as fh:
+            fh.writelines(record.to_json() + "\n" for record in self.records)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     def append(self, record: RoundRecord) -> None:
         with self.path.open("a") as fh:

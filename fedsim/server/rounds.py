@@ -10,9 +10,11 @@ here so that the loop, not the strategy, owns outputs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -20,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
+from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
@@ -35,6 +38,9 @@ class RoundPlan:
     eval_every: int
     round_timeout_s: float
     slots: int
+    first_round: int = 1  # > 1 when resuming from a checkpoint
+    client_timeout_s: float | None = None
+    min_completed: int = 1
 
     def evaluates(self, server_round: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always at the last round."""
@@ -64,16 +70,34 @@ _REASONS = {
 }
 
 
+# Ray failures that reach Flower as ErrorCode.UNKNOWN, told apart by the exception's name.
+_RAY_REASONS = {"ActorDiedError": "actor_died", "ActorUnavailableError": "actor_restarting"}
+
+
 def failure_reason(reply: Message) -> str:
     """A short, stable reason for an error reply."""
-    return _REASONS.get(reply.error.code, "unknown_error")
+    if reply.error.code in _REASONS:
+        return _REASONS[reply.error.code]
+    text = reply.error.reason or ""
+    return next((r for name, r in _RAY_REASONS.items() if name in text), "unknown_error")
 
 
-def tally(sent: list[Message], replies: list[Message]) -> Tally:
-    """Split replies into completed and failed; messages with no reply timed out."""
-    completed = [r for r in replies if not r.has_error()]
+def overran(reply: Message, client_timeout_s: float | None) -> bool:
+    """Did a successful reply take longer inside its ClientApp than the client timeout?"""
+    if client_timeout_s is None:
+        return False
+    return float(reply.content[keys.METRICS].get(keys.HANDLE_S, 0.0)) > client_timeout_s
+
+
+def tally(
+    sent: list[Message], replies: list[Message], client_timeout_s: float | None = None
+) -> Tally:
+    """Split replies into completed and failed; messages with no reply, or whose client took
+    longer than ``client_timeout_s``, timed out."""
+    ok = [r for r in replies if not r.has_error()]
+    completed = [r for r in ok if not overran(r, client_timeout_s)]
     failures = Counter(failure_reason(r) for r in replies if r.has_error())
-    missing = len(sent) - len(replies)
+    missing = len(sent) - len(replies) + (len(ok) - len(completed))
     if missing > 0:
         failures["timeout"] += missing
     for reply in replies:
@@ -108,6 +132,33 @@ def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
         time.sleep(0.02)
 
 
+class StrategyError(UserInputError):
+    """The strategy raised; the run stops with the rounds it finished (one-line message)."""
+
+
+def innermost(strategy: Strategy) -> Strategy:
+    """The user's strategy inside fedsim's wrappers (each keeps it as ``.strategy``)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy
+    return strategy
+
+
+@contextmanager
+def strategy_errors(method: str, strategy: Strategy, server_round: int) -> Iterator[None]:
+    """Turn an exception inside the strategy into a one-line :class:`StrategyError`."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a user's strategy raises
+        name = type(innermost(strategy)).__name__
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise StrategyError(
+            f"strategy: {name}.{method} raised in round {server_round}: "
+            f"{type(err).__name__}: {detail}"
+        ) from err
+
+
 def budget_exhausted(privacy: PrivacyPlan, next_round: int) -> bool:
     """Would running ``next_round`` take epsilon past the plan's target?"""
     if privacy.target_epsilon is None:
@@ -123,26 +174,39 @@ def run_rounds(
     evaluate: Callable[[ArrayRecord], Evaluation],
     on_round: Callable[[RoundRecord, ArrayRecord], None],
     privacy: PrivacyPlan,
+    stop: threading.Event | None = None,
 ) -> str:
-    """Run up to ``plan.rounds`` rounds from ``arrays``; return why the run ended."""
+    """Run rounds ``plan.first_round .. plan.rounds`` from ``arrays``; return why the run ended.
+
+    ``stop`` (set by Ctrl-C) ends the run before the next round, or discards the round in
+    flight: it is redone, identically, when the run is resumed from the last checkpoint.
+    """
     wait_for_slots(grid, plan.slots)
     first_start = time.perf_counter()
-    for server_round in range(1, plan.rounds + 1):
+    stop = stop or threading.Event()
+    for server_round in range(plan.first_round, plan.rounds + 1):
         if budget_exhausted(privacy, server_round):
             log.warning("stopping before round %d: it would exceed the privacy budget", server_round)
             return "privacy_budget"
+        if stop.is_set():
+            return "interrupted"
         start = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        with strategy_errors("configure_train", strategy, server_round):
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = (
             list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
             if messages
             else []
         )
-        outcome = tally(messages, replies)
-        aggregated, _ = strategy.aggregate_train(server_round, replies)
-        if aggregated is not None:
-            arrays = aggregated
-        if privacy.accountant is not None:
+        if stop.is_set():
+            return "interrupted"
+        outcome = tally(messages, replies, plan.client_timeout_s)
+        aggregate = len(outcome.completed) >= plan.min_completed
+        if aggregate:
+            with strategy_errors("aggregate_train", strategy, server_round):
+                aggregated, _ = strategy.aggregate_train(server_round, outcome.completed)
+            arrays = aggregated if aggregated is not None else arrays
+        if privacy.accountant is not None and (aggregate or privacy.charge_unaggregated):
             privacy.accountant.step()
         last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
         evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
@@ -157,6 +221,9 @@ def run_rounds(
             completed=len(outcome.completed),
             failed=outcome.failed,
             failures=outcome.failures,
+            aggregated=aggregate,
+            recovered=sum(int(r.content[keys.METRICS].get(keys.RECOVERED, 0)) for r in replies
+                          if not r.has_error()),
             num_examples=num_examples,
             epsilon=privacy.accountant.epsilon() if privacy.accountant else None,
             clipping_norm=privacy.clipping_norm_of(server_round),
@@ -167,4 +234,3 @@ def run_rounds(
         )
         on_round(record, arrays)
     return "completed"
-

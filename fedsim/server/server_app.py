@@ -6,6 +6,7 @@ through this factory's closure, built by :mod:`fedsim.simulation` in the same pr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Context
@@ -26,6 +27,7 @@ def make_server_app(
     on_round: Callable[[RoundRecord, ArrayRecord], None],
     privacy: PrivacyPlan,
     outcome: dict[str, str],
+    stop: threading.Event | None = None,
 ) -> ServerApp:
     """A ServerApp running ``plan`` with ``strategy`` from ``initial_arrays``.
 
@@ -36,7 +38,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         outcome["stopped"] = run_rounds(
-            grid, strategy, initial_arrays, plan, evaluate, on_round, privacy
+            grid, strategy, initial_arrays, plan, evaluate, on_round, privacy, stop
         )
 
     return app

@@ -19,8 +19,9 @@ Like Flower's DP wrappers, this composes around any strategy instead of subclass
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -73,12 +74,12 @@ def client_id_of(message: Message) -> int:
     raise KeyError(f"message carries no {keys.CLIENT_ID!r}")
 
 
-def _readdress(template: Message, client_id: int, node_id: int) -> Message:
+def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> Message:
     """A copy of ``template``'s content for one virtual client, sent to one slot."""
     content = RecordDict()
     for name, record in template.content.items():
         if isinstance(record, ConfigRecord):
-            record = ConfigRecord({**record, keys.CLIENT_ID: client_id})
+            record = ConfigRecord({**record, **extra, keys.CLIENT_ID: client_id})
         content[name] = record  # arrays are shared read-only, as Flower's own strategies do
     return Message(content, dst_node_id=node_id, message_type=template.metadata.message_type)
 
@@ -92,11 +93,18 @@ class VirtualClients(Strategy):
         Any Flower Message-API strategy (stock or the user's own).
     sampler : CohortSampler
         Chooses each round's virtual clients.
+    instructions : callable, optional
+        ``(round, client id, cohort) -> dict`` of extra config entries for one client's message
+        (fedsim's fault injection uses it).
     """
 
-    def __init__(self, strategy: Strategy, sampler: CohortSampler) -> None:
+    def __init__(
+        self, strategy: Strategy, sampler: CohortSampler,
+        instructions: Callable[[int, int, np.ndarray], dict] | None = None,
+    ) -> None:
         self.strategy = strategy
         self.sampler = sampler
+        self.instructions = instructions
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -120,9 +128,16 @@ class VirtualClients(Strategy):
             return []
         slots = sorted(grid.get_node_ids())
         return [
-            _readdress(templates[0], int(cid), slots[i % len(slots)])
+            _readdress(
+                templates[0], int(cid), slots[i % len(slots)],
+                self._extra(server_round, int(cid), cohort),
+            )
             for i, cid in enumerate(cohort)
         ]
+
+    def _extra(self, server_round: int, client_id: int, cohort: np.ndarray) -> dict:
+        extra = self.instructions(server_round, client_id, cohort) if self.instructions else {}
+        return {keys.SERVER_ROUND: server_round, **extra}
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

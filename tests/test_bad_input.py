@@ -1,0 +1,93 @@
+"""Every row of the README's bad-input table: one line on stderr, exit code 2, no traceback.
+
+Rows that can be caught before Ray starts are checked to be (no Ray output, under ~10 s); a
+strategy that raises mid-run stops the run with one line and keeps the rounds it finished.
+"""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.serverapp.strategy import FedAvg
+
+from tests.test_end_to_end import ROOT, TINY
+
+
+class RaisesInRoundTwo(FedAvg):
+    """A user strategy with a bug that shows in round 2."""
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        if server_round == 2:
+            raise ValueError("weights do not add up")
+        return super().aggregate_train(server_round, replies)
+
+
+def cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run_sim.py", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+def corrupt_fashion_mnist(tmp_path: Path) -> str:
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(data / f"{name}.gz", "wb") as fh:
+            fh.write(b"\x00\x00\x08\x03 not an IDX file")
+    return str(data)
+
+
+ROWS = [
+    ("wrong type", ["simulation.rounds=abc"], "simulation.rounds: Value 'abc'"),
+    ("out of range", ["simulation.population=-5"], "simulation.population: must be >= 1"),
+    ("unknown group option", ["strategy=fedxyz"], "strategy: no option 'fedxyz'"),
+    ("unknown key", ["+simulation.roudns=3"], "simulation.roudns: Key 'roudns' not in"),
+    ("unimportable _target_", ["strategy._target_=nope.Strategy"],
+     "strategy._target_: cannot import 'nope.Strategy'"),
+    ("not a Strategy", ["strategy._target_=collections.OrderedDict"],
+     "strategy._target_: 'collections.OrderedDict' is not a flwr.serverapp.strategy.Strategy"),
+    ("missing dataset file", ["dataset=fashion_mnist", "dataset.data_dir=/nonexistent",
+                              "dataset.download=false"], "fashion-mnist: files not found in /nonexistent"),
+    ("partition leaves a phone without data", ["simulation.population=2000",
+                                               "simulation.clients_per_round=10"], "partition"),
+    ("DP with an unprotectable layer", ["privacy=central_dp", "norm=batch"],
+     "norm: privacy=central_dp cannot protect BatchNorm"),
+    ("resume dir that is not a run dir", ["resume=/tmp"], "resume: /tmp is not a fedsim run"),
+]
+
+
+@pytest.mark.parametrize(("row", "args", "message"), ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_line_before_ray(tmp_path: Path, row: str, args: list, message: str) -> None:
+    result = cli(tmp_path, *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), lines
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr and "ray" not in result.stdout.lower()
+
+
+def test_corrupt_dataset_file_names_it(tmp_path: Path) -> None:
+    result = cli(tmp_path, "dataset=fashion_mnist", f"dataset.data_dir={corrupt_fashion_mnist(tmp_path)}",
+                 "dataset.download=false")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "train-images-idx3-ubyte" in line
+
+
+def test_a_strategy_that_raises_keeps_the_finished_rounds(tmp_path: Path) -> None:
+    result = cli(tmp_path, *TINY, "simulation.rounds=3",
+                 "strategy._target_=tests.test_bad_input.RaisesInRoundTwo")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fedsim: error: strategy: RaisesInRoundTwo.aggregate_train raised in round 2: "
+        "ValueError: weights do not add up"
+    ]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["stopped"] == "incomplete"
