@@ -3,8 +3,12 @@
 One ClientApp serves every virtual client. A train message names the phone it trains as
 (``fedsim.keys.CLIENT_ID``); the shell fetches that phone's shard, loads the received weights
 into a model it keeps alive for the life of the process (no per-call construction), trains, and
-replies under the same ArrayRecord name the strategy used plus a MetricRecord carrying
-Flower's ``num-examples`` and ``train_loss`` and fedsim's bookkeeping.
+replies under the same ArrayRecord name the strategy used. The reply carries the *encoded*
+upload (:mod:`clients.updates`: the ``update.kind`` tensors, attacked if the phone is
+malicious, compressed) as an ArrayRecord plus a ConfigRecord of codec metadata
+(``fedsim.keys.PAYLOAD``), and a MetricRecord with Flower's ``num-examples`` and
+``train_loss`` and fedsim's bookkeeping (client id, update kind, payload bytes, ...). The
+server's :class:`fedsim.server.updates.DecodeUpdates` turns it back into weights.
 
 The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optional
 ``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round.
@@ -19,7 +23,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from flwr.app import (
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -29,9 +32,14 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients.training import LocalRecipe, train_locally
+from clients.training import LocalRecipe, LocalResult, train_locally
+from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
+from fedsim.attacks.threat import ThreatModel
+from fedsim.compression.error_feedback import ResidualFiles
+from fedsim.compression.wire import to_records
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
+from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
 # Distinguishes the local-training random stream from every other consumer of the run seed.
 _LOCAL_STREAM = 0x10CA1
@@ -53,6 +61,12 @@ class ClientEnvironment:
         Run seed; with the round and client id it seeds every local shuffle.
     threads : int
         Torch intra-op threads for this process (the slot's CPU share).
+    update : UpdateRule
+        What the phone uploads and how it is compressed (default: lossless weights).
+    threat : ThreatModel or None
+        Byzantine behaviour and membership; ``None``: every phone is honest.
+    residuals : ResidualFiles or None
+        Where error-feedback residuals live; needed when ``update.uses_feedback``.
     """
 
     shards: Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -60,6 +74,9 @@ class ClientEnvironment:
     recipe: LocalRecipe
     seed: int
     threads: int
+    update: UpdateRule = PLAIN_WEIGHTS
+    threat: ThreatModel | None = None
+    residuals: ResidualFiles | None = None
 
 
 _MODELS: dict[Hashable, nn.Module] = {}
@@ -105,13 +122,31 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
 
     model = _process_model(env)
     load_exchangeable_state(model, arrays.to_torch_state_dict())
+    received = {name: array.numpy() for name, array in arrays.items()}
     x, y = env.shards(client_id)
+    attack = env.threat.attacker(client_id) if env.threat else None
+    if attack is not None:
+        y = attack.flip(y)  # data poisoning happens before training
     seed = local_seed(env.seed, server_round, client_id)
     torch.manual_seed(seed)  # dropout masks
     generator = torch.Generator().manual_seed(seed)
 
     started = time.perf_counter()
-    result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
+    gradient = None
+    if env.update.kind == GRADIENT:
+        step = full_batch_gradient(model, torch.from_numpy(x), torch.from_numpy(y))
+        gradient = {name: g.numpy() for name, g in step.gradient.items()}
+        result = LocalResult(step.mean_loss, step.passes, step.num_examples)
+    else:
+        result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
+    after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
+    payload_kind = env.update.payload_kind
+    tensors = payload_tensors(payload_kind, received, after, gradient)
+    if attack is not None:  # model poisoning acts on the update, before compression
+        tensors = attacked(
+            payload_kind, tensors, received, attack, env.threat.rng(server_round, client_id)
+        )
+    encoded = _encode(env, client_id, tensors)
     compute_s = time.perf_counter() - started
 
     metrics = MetricRecord(
@@ -121,12 +156,23 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
             keys.CLIENT_ID: client_id,
             keys.TRAIN_STEPS: result.steps,
             keys.COMPUTE_S: compute_s,
+            keys.UPDATE_KIND: kind_code(env.update.kind),
+            keys.PAYLOAD_BYTES: encoded.nbytes,
         }
     )
-    content = RecordDict(
-        {arrays_name: ArrayRecord(exchangeable_state(model)), keys.METRICS: metrics}
-    )
+    payload, meta = to_records(encoded, payload_kind)
+    content = RecordDict({arrays_name: payload, keys.PAYLOAD: meta, keys.METRICS: metrics})
     return Message(content, reply_to=message)
+
+
+def _encode(env: ClientEnvironment, client_id: int, tensors: dict[str, np.ndarray]):
+    """Compress the upload; with error feedback, through the client's stored residual."""
+    if not env.update.uses_feedback:
+        return encode_upload(env.update, tensors, None)[0]
+    assert env.residuals is not None, "error feedback needs a residual store"
+    encoded, residual = encode_upload(env.update, tensors, env.residuals.get(client_id))
+    env.residuals.put(client_id, residual)
+    return encoded
 
 
 def make_client_app(env: ClientEnvironment) -> ClientApp:

@@ -133,7 +133,10 @@ class Simulation:
 
 
 # Config groups whose node is instantiated from a `_target_`.
-TARGET_GROUPS = ("dataset", "partition", "model", "norm", "strategy", "privacy")
+TARGET_GROUPS = (
+    "dataset", "partition", "model", "norm", "strategy", "privacy", "attack", "update",
+    "update.compression",
+)
 
 
 def _writable(node: DictConfig) -> DictConfig:
@@ -165,7 +168,7 @@ def parse_simulation(cfg: DictConfig) -> Simulation:
 def locate_targets(cfg: DictConfig) -> None:
     """Import every group's ``_target_`` so a typo fails before anything starts."""
     for group in TARGET_GROUPS:
-        node = cfg.get(group)
+        node = OmegaConf.select(cfg, group)  # dotted: nested nodes such as update.compression
         _require(node is not None, group, "missing config group")
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         _require(bool(target), f"{group}._target_", "missing")

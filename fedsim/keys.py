@@ -24,3 +24,11 @@ NUM_EXAMPLES = "num-examples"  # Flower's default `weighted_by_key`
 TRAIN_LOSS = "train_loss"  # QFedAvg's default `train_loss_key`
 TRAIN_STEPS = "fedsim.train-steps"
 COMPUTE_S = "fedsim.compute-s"  # wall seconds the client spent training (host CPU)
+
+# --- Update payloads (issue 5) ---------------------------------------------------------------
+# A reply's ArrayRecord holds the *encoded* upload (codec parts keyed "<tensor>/<part>"); this
+# ConfigRecord beside it holds the codec's metadata and what the decoded tensors are.
+PAYLOAD = "fedsim.payload"  # the reply's ConfigRecord of payload metadata
+PAYLOAD_KIND = "payload-kind"  # in PAYLOAD: weights | delta | gradient (fedsim.updates)
+UPDATE_KIND = "fedsim.update-kind"  # MetricRecord: index into fedsim.updates.KINDS
+PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload size

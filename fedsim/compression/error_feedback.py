@@ -21,7 +21,11 @@ first uploads, so a population of 1,000,000 costs nothing up front.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -123,3 +127,49 @@ class ResidualStore:
         store = cls()
         store._residuals = residuals
         return store
+
+
+@dataclass(frozen=True)
+class ResidualFiles:
+    """Residuals on disk, one ``<client id>.npz`` per participant, reachable from any process.
+
+    A virtual client runs in whichever Ray actor is free, so an in-memory
+    :class:`ResidualStore` in one actor would not see the residual its previous participation
+    left in another. This store is only a directory path (cheap to pickle into every actor);
+    a file exists only for clients that have uploaded, so disk use is
+    ``participants x model size x 4`` bytes and memory one residual per busy actor. Writes go
+    to a temporary file in the same directory and are renamed into place (atomic on POSIX),
+    so a reader sees the old or the new residual, never half of one. The directory must be
+    shared by all processes (a local run, or a shared filesystem on a multi-node cluster).
+
+    Parameters
+    ----------
+    directory : str
+        Where the files live; created on first write.
+    """
+
+    directory: str
+
+    def path(self, client_id: int) -> Path:
+        return Path(self.directory) / f"{int(client_id)}.npz"
+
+    def get(self, client_id: int) -> Update | None:
+        """The stored residual of ``client_id``, or ``None`` if it has none yet."""
+        try:
+            with np.load(self.path(client_id)) as stored:
+                return {name: stored[name] for name in stored.files}
+        except FileNotFoundError:
+            return None
+
+    def put(self, client_id: int, residual: Mapping[str, np.ndarray]) -> None:
+        """Atomically replace ``client_id``'s residual with ``residual`` (float32)."""
+        os.makedirs(self.directory, exist_ok=True)
+        arrays = {name: np.asarray(t, dtype=np.float32) for name, t in residual.items()}
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, self.path(client_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
