@@ -36,6 +36,7 @@ from clients.training import LocalRecipe, LocalResult, train_locally
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
+from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.wire import to_records
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
@@ -165,7 +166,7 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     return Message(content, reply_to=message)
 
 
-def _encode(env: ClientEnvironment, client_id: int, tensors: dict[str, np.ndarray]):
+def _encode(env: ClientEnvironment, client_id: int, tensors: dict[str, np.ndarray]) -> Encoded:
     """Compress the upload; with error feedback, through the client's stored residual."""
     if not env.update.uses_feedback:
         return encode_upload(env.update, tensors, None)[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg
 from hydra import compose, initialize_config_dir
 from torch import nn
 
@@ -241,3 +241,16 @@ def test_gaussian_attack_keeps_the_honest_norm() -> None:
     upload = tiny_upload(GaussianUpdate())
     assert np.linalg.norm(upload) == pytest.approx(np.sqrt(0.5), rel=1e-6)
     assert not np.allclose(upload, [[0.5], [-0.5]])
+
+
+def test_optimiser_strategies_keep_the_model_float32() -> None:
+    # FedAdam computes in float64; the decoder casts the aggregate back, so downloads (and
+    # bytes_down) stay float32 round after round.
+    prep = prepared("simulation.population=4", "simulation.clients_per_round=2")
+    model, global_arrays = initial(prep)
+    rule = UpdateRule("delta", NoCompression(), server_lr=1.0, error_feedback=False)
+    stack = DecodeUpdates(FedAdam(eta=0.01, eta_l=0.05), rule, parameters(model))
+    aggregated, _, _ = one_round(environment(prep, rule), stack, prep.sampler, global_arrays)
+    assert {a.dtype for a in aggregated.values()} == {"float32"}
+    assert record_nbytes(aggregated) == record_nbytes(global_arrays)
+    assert not np.array_equal(aggregated["classifier.1.weight"].numpy(), global_arrays["classifier.1.weight"].numpy())

@@ -59,7 +59,27 @@ class DecodeUpdates(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         decoded = [reply if reply.has_error() else self.decode(reply) for reply in replies]
-        return self.strategy.aggregate_train(server_round, decoded)
+        arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
+        return self.in_model_dtypes(arrays), metrics
+
+    def in_model_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """``arrays`` cast back to the dtypes of the model the round started from.
+
+        FedAdam, FedYogi, FedAdagrad and QFedAvg compute in float64 (numpy promotes float32
+        arrays combined with float64 scalars), which would silently turn the global model,
+        and every later download, into float64 at twice the bytes. The model is float32.
+        """
+        assert self._global is not None
+        if arrays is None or all(
+            arrays[k].dtype == str(self._global[k].dtype) for k in arrays if k in self._global
+        ):
+            return arrays
+        return ArrayRecord(
+            {
+                k: Array(a.numpy().astype(self._global[k].dtype) if k in self._global else a.numpy())
+                for k, a in arrays.items()
+            }
+        )
 
     def decode(self, reply: Message) -> Message:
         """A copy of ``reply`` whose content is the rebuilt weights and the client's metrics."""
