@@ -3,8 +3,12 @@
 One ClientApp serves every virtual client. A train message names the phone it trains as
 (``fedsim.keys.CLIENT_ID``); the shell fetches that phone's shard, loads the received weights
 into a model it keeps alive for the life of the process (no per-call construction), trains, and
-replies under the same ArrayRecord name the strategy used plus a MetricRecord carrying
-Flower's ``num-examples`` and ``train_loss`` and fedsim's bookkeeping.
+replies under the same ArrayRecord name the strategy used. The reply carries the *encoded*
+upload (:mod:`clients.updates`: the ``update.kind`` tensors, attacked if the phone is
+malicious, compressed) as an ArrayRecord plus a ConfigRecord of codec metadata
+(``fedsim.keys.PAYLOAD``), and a MetricRecord with Flower's ``num-examples`` and
+``train_loss`` and fedsim's bookkeeping (client id, update kind, payload bytes, ...). The
+server's :class:`fedsim.server.updates.DecodeUpdates` turns it back into weights.
 
 The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optional
 ``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round.
@@ -21,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import (
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -32,9 +35,15 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients.privacy import local_dp_rng, privatize
-from clients.training import LocalRecipe, train_locally
+from clients.training import LocalRecipe, LocalResult, train_locally
+from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
+from fedsim.attacks.threat import ThreatModel
+from fedsim.compression.codecs import Encoded
+from fedsim.compression.error_feedback import ResidualFiles
+from fedsim.compression.wire import to_records
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
+from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
 # Distinguishes the local-training random stream from every other consumer of the run seed.
 _LOCAL_STREAM = 0x10CA1
@@ -56,6 +65,12 @@ class ClientEnvironment:
         Run seed; with the round and client id it seeds every local shuffle.
     threads : int
         Torch intra-op threads for this process (the slot's CPU share).
+    update : UpdateRule
+        What the phone uploads and how it is compressed (default: lossless weights).
+    threat : ThreatModel or None
+        Byzantine behaviour and membership; ``None``: every phone is honest.
+    residuals : ResidualFiles or None
+        Where error-feedback residuals live; needed when ``update.uses_feedback``.
     scratch_dir : str
         A directory every actor can write (the run directory): fault-injection markers.
     """
@@ -65,6 +80,9 @@ class ClientEnvironment:
     recipe: LocalRecipe
     seed: int
     threads: int
+    update: UpdateRule = PLAIN_WEIGHTS
+    threat: ThreatModel | None = None
+    residuals: ResidualFiles | None = None
     scratch_dir: str = "."
 
 
@@ -141,13 +159,34 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
 
     model = _process_model(env)
     load_exchangeable_state(model, arrays.to_torch_state_dict())
+    received = {name: array.numpy() for name, array in arrays.items()}
     x, y = env.shards(client_id)
+    attack = env.threat.attacker(client_id) if env.threat else None
+    if attack is not None:
+        y = attack.flip(y)  # data poisoning happens before training
     seed = local_seed(env.seed, server_round, client_id)
     torch.manual_seed(seed)  # dropout masks
     generator = torch.Generator().manual_seed(seed)
 
     started = time.perf_counter()
-    result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
+    gradient = None
+    if env.update.kind == GRADIENT:
+        step = full_batch_gradient(model, torch.from_numpy(x), torch.from_numpy(y))
+        gradient = {name: g.numpy() for name, g in step.gradient.items()}
+        result = LocalResult(step.mean_loss, step.passes, step.num_examples)
+    else:
+        result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
+    after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
+    after, gradient, privacy_metrics = apply_local_dp(
+        env, config, server_round, client_id, received, after, gradient
+    )
+    payload_kind = env.update.payload_kind
+    tensors = payload_tensors(payload_kind, received, after, gradient)
+    if attack is not None:  # model poisoning acts on the update, before compression
+        tensors = attacked(
+            payload_kind, tensors, received, attack, env.threat.rng(server_round, client_id)
+        )
+    encoded = _encode(env, client_id, server_round, tensors)
     compute_s = time.perf_counter() - started
 
     metrics = {
@@ -156,31 +195,54 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         keys.CLIENT_ID: client_id,
         keys.TRAIN_STEPS: result.steps,
         keys.COMPUTE_S: compute_s,
+        keys.UPDATE_KIND: kind_code(env.update.kind),
+        keys.PAYLOAD_BYTES: encoded.nbytes,
+        **fault_metrics,
+        **privacy_metrics,
     }
-    state = exchangeable_state(model)
-    if keys.LOCAL_DP_CLIPPING_NORM in config:
-        state, metrics = apply_local_dp(env, arrays, state, metrics, config, server_round)
-    metrics.update(fault_metrics)
     metrics[keys.HANDLE_S] = time.perf_counter() - handling
-    content = RecordDict({arrays_name: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)})
+    payload, meta = to_records(encoded, payload_kind)
+    content = RecordDict(
+        {arrays_name: payload, keys.PAYLOAD: meta, keys.METRICS: MetricRecord(metrics)}
+    )
     return Message(content, reply_to=message)
 
 
 def apply_local_dp(
-    env: ClientEnvironment, received: ArrayRecord, state: dict[str, torch.Tensor],
-    metrics: dict, config: ConfigRecord, server_round: int,
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Privatize the update the server asked local DP for; report weight 1 (see clients.privacy)."""
-    client_id = int(metrics[keys.CLIENT_ID])
-    released, was_clipped = privatize(
-        {name: received[name].numpy() for name in state},
-        {name: tensor.numpy() for name, tensor in state.items()},
-        float(config[keys.LOCAL_DP_CLIPPING_NORM]),
-        float(config[keys.LOCAL_DP_NOISE_MULTIPLIER]),
-        local_dp_rng(env.seed, server_round, client_id),
-    )
-    tensors = {name: torch.from_numpy(array) for name, array in released.items()}
-    return tensors, {**metrics, keys.NUM_EXAMPLES: 1, keys.CLIPPED: int(was_clipped)}
+    env: ClientEnvironment, config: ConfigRecord, server_round: int, client_id: int,
+    received: dict[str, np.ndarray], after: dict[str, np.ndarray],
+    gradient: dict[str, np.ndarray] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict]:
+    """Privatize what the phone will upload when the server asked for local DP.
+
+    The trained weights become ``received + clip(update) + noise`` (weights and delta kinds);
+    a gradient is clipped and noised itself. The reply then weighs 1: a true sample count would
+    leak the shard size (see :mod:`clients.privacy`).
+    """
+    if keys.LOCAL_DP_CLIPPING_NORM not in config:
+        return after, gradient, {}
+    clip = float(config[keys.LOCAL_DP_CLIPPING_NORM])
+    z = float(config[keys.LOCAL_DP_NOISE_MULTIPLIER])
+    rng = local_dp_rng(env.seed, server_round, client_id)
+    if gradient is not None:
+        zeros = {name: np.zeros_like(g) for name, g in gradient.items()}
+        gradient, was_clipped = privatize(zeros, gradient, clip, z, rng)
+    else:
+        after, was_clipped = privatize(received, after, clip, z, rng)
+    return after, gradient, {keys.NUM_EXAMPLES: 1, keys.CLIPPED: int(was_clipped)}
+
+
+def _encode(
+    env: ClientEnvironment, client_id: int, server_round: int, tensors: dict[str, np.ndarray]
+) -> Encoded:
+    """Compress the upload; with error feedback, through the client's stored residual."""
+    if not env.update.uses_feedback:
+        return encode_upload(env.update, tensors, None)[0]
+    assert env.residuals is not None, "error feedback needs a residual store"
+    residual = env.residuals.get(client_id, server_round)
+    encoded, residual = encode_upload(env.update, tensors, residual)
+    env.residuals.put(client_id, server_round, residual)
+    return encoded
 
 
 def make_client_app(env: ClientEnvironment) -> ClientApp:

@@ -183,7 +183,10 @@ def parse_faults(cfg: DictConfig) -> Faults:
 
 
 # Config groups whose node is instantiated from a `_target_`.
-TARGET_GROUPS = ("dataset", "partition", "model", "norm", "strategy", "privacy", "audit", "secagg")
+TARGET_GROUPS = (
+    "dataset", "partition", "model", "norm", "strategy", "privacy", "audit", "secagg", "attack",
+    "update", "update.compression",
+)
 
 
 def _writable(node: DictConfig) -> DictConfig:
@@ -226,7 +229,7 @@ def check_group_options(overrides: list[str], conf_dir: Path) -> None:
     for override in overrides:
         key, sep, value = override.partition("=")
         group = key.lstrip("+~")
-        if not sep or "." in group or "/" in group or not (conf_dir / group).is_dir():
+        if not sep or "/" in group or not (conf_dir / group).is_dir():
             continue
         if "(" in value:  # Hydra sweep functions: range(), choice(), glob() ...
             continue
@@ -242,7 +245,7 @@ def check_group_options(overrides: list[str], conf_dir: Path) -> None:
 def locate_targets(cfg: DictConfig) -> None:
     """Import every group's ``_target_`` so a typo fails before anything starts."""
     for group in TARGET_GROUPS:
-        node = cfg.get(group)
+        node = OmegaConf.select(cfg, group)  # dotted: nested nodes such as update.compression
         _require(node is not None, group, "missing config group")
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         _require(bool(target), f"{group}._target_", "missing")

@@ -35,3 +35,11 @@ FAULT = "fedsim.fault"  # "error" | "slow" | "kill": what this client-round must
 SLOW_FOR_S = "fedsim.slow-for-s"  # how long a "slow" client-round sleeps before training
 HANDLE_S = "fedsim.handle-s"  # wall seconds the ClientApp spent on the message, all included
 RECOVERED = "fedsim.recovered"  # 1: this reply is Ray's re-run after the actor died mid-message
+
+# --- Update payloads (issue 5) ---------------------------------------------------------------
+# A reply's ArrayRecord holds the *encoded* upload (codec parts keyed "<tensor>/<part>"); this
+# ConfigRecord beside it holds the codec's metadata and what the decoded tensors are.
+PAYLOAD = "fedsim.payload"  # the reply's ConfigRecord of payload metadata
+PAYLOAD_KIND = "payload-kind"  # in PAYLOAD: weights | delta | gradient (fedsim.updates)
+UPDATE_KIND = "fedsim.update-kind"  # MetricRecord: index into fedsim.updates.KINDS
+PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload size

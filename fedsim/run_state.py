@@ -9,6 +9,7 @@ so a checkpoint always describes finished rounds only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,11 +38,14 @@ class RunState:
         Write ``checkpoint.pkl`` every this many rounds.
     restored : list[RoundRecord]
         Rounds a resumed run already has (``metrics.jsonl`` is rewritten to exactly these).
+    on_checkpoint : callable, optional
+        Called with the round of each checkpoint written (error feedback prunes its files).
     """
 
     def __init__(
         self, out_dir: Path, strategy: Strategy, privacy: PrivacyPlan, arrays: ArrayRecord,
         checkpoint_every: int, restored: list[RoundRecord] | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
     ) -> None:
         self.path = out_dir / CHECKPOINT_FILE
         self.strategy = strategy
@@ -49,7 +53,9 @@ class RunState:
         self.arrays = arrays
         self.checkpoint_every = checkpoint_every
         self.log = RunLog(out_dir / "metrics.jsonl", restored or [])
+        self.on_checkpoint = on_checkpoint
         self._snapshot: bytes | None = None
+        self._snapshot_round = 0
         self._written = True  # nothing new to write yet
 
     @property
@@ -73,6 +79,7 @@ class RunState:
                 records=[asdict(r) for r in [*self.log.records, record]],
             )
         )
+        self._snapshot_round = record.round
         self._written = False
         if record.round % self.checkpoint_every == 0:
             self.write_checkpoint()
@@ -83,3 +90,5 @@ class RunState:
         if self._snapshot is not None and not self._written:
             write_atomically(self.path, self._snapshot)
             self._written = True
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self._snapshot_round)

@@ -8,8 +8,10 @@ the strategy class) runs in :func:`prepare`, before Ray starts.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -24,13 +26,16 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
+from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
 from fedsim import checkpoint, engine
+from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
+from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.config import (
     ConfigError,
     Faults,
@@ -58,7 +63,9 @@ from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.sampler import CohortSampler
 from fedsim.server.server_app import make_server_app
+from fedsim.server.updates import DecodeUpdates
 from fedsim.server.virtual_clients import VirtualClients
+from fedsim.updates import UpdateRule
 
 log = logging.getLogger("fedsim")
 
@@ -77,11 +84,63 @@ class Prepared:
     audit: MembershipAudit | NoAudit
     secagg: SecAggPlusCostModel | NoSecureAggregation
     faults: Faults
+    update: UpdateRule
+    threat: ThreatModel | None  # Byzantine clients, if any
+
+
+def check_strategy_class(target: str) -> None:
+    """Refuse a ``_target_`` class that is not a Strategy, or lacks a required method.
+
+    Checked on the class, before its constructor runs, so the message names what is wrong
+    rather than whatever the constructor would trip over.
+    """
+    cls = _locate(target)
+    if not inspect.isclass(cls):
+        return  # a factory function: its result is checked after instantiation
+    if not issubclass(cls, Strategy):
+        raise ConfigError(
+            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
+            f"subclass (its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'})"
+        )
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise ConfigError(
+            f"strategy._target_: {target!r} lacks required method(s) {', '.join(missing)} "
+            f"(a Strategy implements {', '.join(sorted(Strategy.__abstractmethods__))})"
+        )
+
+
+def with_assumed_malicious(node: DictConfig, threat: ThreatModel, cohort: int) -> DictConfig:
+    """``node`` with ``num_malicious_nodes: null`` (Krum, MultiKrum, Bulyan) filled in.
+
+    The assumption is the attack's expected count per cohort (:func:`assumed_malicious`);
+    an explicit number in the config is kept.
+    """
+    if "num_malicious_nodes" not in node or node.num_malicious_nodes is not None:
+        return node
+    bulyan = str(node.get("_target_", "")).rsplit(".", 1)[-1] == "Bulyan"
+    filled = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    filled.num_malicious_nodes = assumed_malicious(threat.fraction, cohort, bulyan)
+    return filled
+
+
+def build_update(node: DictConfig) -> UpdateRule:
+    """Instantiate the ``update`` node (with its ``compression`` codec)."""
+    try:
+        rule = instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserInputError):
+            raise err.__cause__ from None
+        raise ConfigError(f"update: {str(err.__cause__ or err).splitlines()[0]}") from None
+    if not isinstance(rule, UpdateRule):
+        raise ConfigError(f"update._target_: {node.get('_target_')!r} is not an UpdateRule")
+    return rule
 
 
 def build_strategy(node: DictConfig) -> Strategy:
     """Instantiate the user's strategy; a one-line ConfigError if it is not a usable one."""
     target = node.get("_target_")
+    check_strategy_class(target)
     try:
         strategy = instantiate(node)
     except InstantiationException as err:
@@ -147,7 +206,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     sampler = CohortSampler(
         settings.population, settings.clients_per_round, settings.seed, settings.sampling
     )
-    privacy = build_privacy(cfg.privacy, build_strategy(cfg.strategy), settings, sampler)
+    update = build_update(cfg["update"])  # not cfg.update: DictConfig.update is a method
+    threat = build_threat(
+        to_plain(cfg.attack), settings.population, settings.seed, splits.num_classes
+    )
+    strategy = build_strategy(
+        with_assumed_malicious(cfg.strategy, threat, settings.clients_per_round)
+    )
+    privacy = build_privacy(cfg.privacy, strategy, settings, sampler)
     refuse_batch_statistics(builder, privacy)
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(privacy.strategy)
@@ -156,7 +222,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
     return Prepared(
         settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg,
-        faults,
+        faults, update, threat,
     )
 
 
@@ -185,8 +251,10 @@ def run(
     if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
         arrays, restored = restore(prepared, checkpoint.load(out_dir))
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
+    residuals = residual_files(out_dir, prepared.update, fresh=not restored)
     state = RunState(
-        out_dir, prepared.strategy, prepared.privacy, arrays, settings.checkpoint_every, restored
+        out_dir, prepared.strategy, prepared.privacy, arrays, settings.checkpoint_every, restored,
+        on_checkpoint=residuals.prune if residuals else None,
     )
     display = RoundProgress(settings.rounds, progress)
     outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
@@ -207,7 +275,7 @@ def run(
     )
     faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
     clients = VirtualClients(
-        prepared.strategy, prepared.sampler, faults if prepared.faults.any else None
+        decoding(prepared, model), prepared.sampler, faults if prepared.faults.any else None
     )
     stop = threading.Event()
     server_app = make_server_app(
@@ -217,8 +285,8 @@ def run(
     try:
         with stop_on_ctrl_c(stop):
             engine.launch(
-                server_app, make_client_app(client_environment(prepared, out_dir)), settings.num_slots,
-                settings.backend, verbose,
+                server_app, make_client_app(client_environment(prepared, out_dir, residuals)),
+                settings.num_slots, settings.backend, verbose,
             )
     finally:
         display.stop()
@@ -227,12 +295,21 @@ def run(
             "stopped": outcome["stopped"],
             **prepared.privacy.final_report(),
             **prepared.secagg.report([r.secagg for r in state.records if r.secagg]),
+            **update_report(prepared, len(state.records)),
         }
+        if residuals is not None and outcome["stopped"] in FINAL:  # can be GBs; resume needs them
+            shutil.rmtree(residuals.directory, ignore_errors=True)
         summary = finish(out_dir, state.records, state.arrays, prepared, cfg, started, extra)
     return summary
 
 
-def client_environment(prepared: Prepared, out_dir: Path) -> ClientEnvironment:
+# Ways a run can end after which it will not be resumed (its residuals can go).
+FINAL = ("completed", "privacy_budget")
+
+
+def client_environment(
+    prepared: Prepared, out_dir: Path, residuals: ResidualFiles | None
+) -> ClientEnvironment:
     """What every phone needs, as picklable recipes."""
     settings, local = prepared.settings, prepared.settings.local
     return ClientEnvironment(
@@ -245,6 +322,9 @@ def client_environment(prepared: Prepared, out_dir: Path) -> ClientEnvironment:
         seed=settings.seed,
         threads=settings.backend.client_cpus,
         scratch_dir=str(out_dir / ".fedsim"),
+        update=prepared.update,
+        threat=prepared.threat,
+        residuals=residuals,
     )
 
 
@@ -282,6 +362,37 @@ def stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def decoding(prepared: Prepared, model: torch.nn.Module) -> Strategy:
+    """The strategy stack under VirtualClients: update decoding around the (DP-wrapped) strategy."""
+    parameters = frozenset(name for name, _ in model.named_parameters())
+    return DecodeUpdates(prepared.strategy, prepared.update, parameters)
+
+
+def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFiles | None:
+    """The error-feedback directory under the run dir, if the run uses error feedback.
+
+    ``fresh``: a new run (not a resumed one) starts from an empty directory.
+    """
+    if not update.uses_feedback:
+        return None
+    directory = out_dir / "residuals"
+    if fresh:
+        shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
+    return ResidualFiles(str(directory))
+
+
+def update_report(prepared: Prepared, rounds_run: int) -> dict[str, Any]:
+    """summary.json fields of the update rule and the attack."""
+    report = {
+        "update_kind": prepared.update.kind,
+        "compression": type(prepared.update.compression).__name__,
+    }
+    if prepared.threat is not None:
+        cohorts = [prepared.sampler.cohort(r) for r in range(1, rounds_run + 1)]
+        report.update(prepared.threat.report(cohorts))
+    return report
+
+
 def summarize_run(
     records: list[RoundRecord], settings: Simulation, cfg: DictConfig, wall_s: float,
     extra: dict[str, Any],
@@ -294,6 +405,8 @@ def summarize_run(
             "model": cfg.model._target_.rsplit(".", 1)[-1],
             "strategy": cfg.strategy._target_.rsplit(".", 1)[-1],
             "sampling": settings.sampling,
+            "bytes_up": sum(r.bytes_up for r in records),
+            "bytes_down": sum(r.bytes_down for r in records),
             **extra,
         },
     )

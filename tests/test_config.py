@@ -10,9 +10,11 @@ from flwr.serverapp.strategy import Strategy
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from fedsim.attacks.byzantine import ByzantineBehaviour
 from fedsim.config import ConfigError, locate_targets, parse_simulation
 from fedsim.errors import UserInputError
 from fedsim.simulation import prepare
+from fedsim.updates import UpdateRule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -35,9 +37,49 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("privacy") == ["central_dp", "central_dp_adaptive", "local_dp", "none"]
     assert options("audit") == ["membership", "none"]
     assert options("strategy") == sorted(
-        "fedavg fedprox fedadam fedyogi fedavgm fedmedian fedtrimmedavg krum multikrum "
-        "bulyan qfedavg".split()
+        "fedavg fedprox fedadam fedadagrad fedyogi fedavgm fedmedian fedtrimmedavg krum "
+        "multikrum bulyan qfedavg".split()
     )
+    assert options("attack") == ["gaussian", "label_flip", "none", "scale", "sign_flip"]
+    assert options("update.compression") == ["int8", "none", "topk", "topk_int8"]
+
+
+@pytest.mark.parametrize("attack", options("attack"))
+def test_every_attack_option_builds(attack: str) -> None:
+    prepared = prepare(make_cfg(f"attack={attack}"))
+    assert isinstance(prepared.threat.behaviour, ByzantineBehaviour)
+    assert prepared.threat.fraction == (0.0 if attack == "none" else 0.2)
+
+
+@pytest.mark.parametrize("codec", options("update.compression"))
+@pytest.mark.parametrize("kind", ["weights", "delta", "gradient"])
+def test_every_update_kind_and_codec_builds(kind: str, codec: str) -> None:
+    cfg = make_cfg(f"update.kind={kind}", f"update.compression={codec}")
+    locate_targets(cfg)
+    rule = instantiate(cfg["update"])
+    assert isinstance(rule, UpdateRule) and rule.kind == kind
+    assert rule.lossless == (codec == "none")
+
+
+def test_robust_strategies_assume_the_expected_malicious_count() -> None:
+    # 0.2 x 10 clients per round = 2 assumed attackers; Bulyan needs n >= 4f + 3, so f = 1.
+    for strategy, expected in (("krum", 2), ("multikrum", 2), ("bulyan", 1)):
+        prepared = prepare(make_cfg(f"strategy={strategy}", "attack=sign_flip"))
+        assert prepared.strategy.num_malicious_nodes == expected
+    prepared = prepare(make_cfg("strategy=krum", "strategy.num_malicious_nodes=3"))
+    assert prepared.strategy.num_malicious_nodes == 3  # an explicit number is kept
+    assert prepare(make_cfg("strategy=krum")).strategy.num_malicious_nodes == 0
+
+
+def test_bad_update_and_attack_values_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^update.kind: must be one of weights, delta, gradient"):
+        prepare(make_cfg("update.kind=gradients"))
+    with pytest.raises(UserInputError, match=r"^compression.fraction: must be in \(0, 1\]"):
+        prepare(make_cfg("update.compression=topk", "update.compression.fraction=0"))
+    with pytest.raises(UserInputError, match=r"^attack.fraction: must be in \[0, 1\]"):
+        prepare(make_cfg("attack=sign_flip", "attack.fraction=1.5"))
+    with pytest.raises(UserInputError, match=r"^attack._target_: 'collections.OrderedDict' is not"):
+        prepare(make_cfg("attack._target_=collections.OrderedDict"))
 
 
 @pytest.mark.parametrize("strategy", options("strategy"))
@@ -108,6 +150,23 @@ def test_a_class_that_is_not_a_strategy_is_refused() -> None:
         prepare(make_cfg("strategy._target_=collections.OrderedDict"))
 
 
+class HalfStrategy(Strategy):
+    """A user class that forgot most of Strategy's required methods."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return []
+
+
+def test_a_strategy_lacking_a_required_method_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        prepare(make_cfg("strategy._target_=tests.test_config.HalfStrategy"))
+    assert str(err.value).startswith(
+        "strategy._target_: 'tests.test_config.HalfStrategy' lacks required method(s) "
+        "aggregate_evaluate, aggregate_train, configure_evaluate, summary"
+    )
+    assert "\n" not in str(err.value)
+
+
 def test_a_strategy_with_a_wrong_argument_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^strategy: cannot build .*FedAvg"):
         prepare(make_cfg("+strategy.proximal_mu=0.1"))
@@ -125,6 +184,9 @@ def run_cli(*overrides: str) -> subprocess.CompletedProcess:
     [
         ("simulation.clients_per_round=1000", "fedsim: error: simulation.clients_per_round: 1000 exceeds simulation.population (100)"),
         ("strategy._target_=my_module.MyStrategy", "fedsim: error: strategy._target_: cannot import 'my_module.MyStrategy'"),
+        ("strategy._target_=collections.OrderedDict", "fedsim: error: strategy._target_: 'collections.OrderedDict' is not a flwr.serverapp.strategy.Strategy subclass"),
+        ("strategy._target_=tests.test_config.HalfStrategy", "fedsim: error: strategy._target_: 'tests.test_config.HalfStrategy' lacks required method(s)"),
+        ("update.kind=grad", "fedsim: error: update.kind: must be one of weights, delta, gradient, got 'grad'"),
     ],
 )
 def test_cli_prints_one_line_and_exits_2_before_ray(override: str, line: str) -> None:

@@ -116,3 +116,27 @@ def test_aggregate_is_weighted_and_independent_of_arrival_order() -> None:
         results.append(agg["w"].numpy())
     np.testing.assert_allclose(results[0], np.full(3, 1.4 / 6), rtol=1e-6)
     assert all(np.array_equal(results[0], r) for r in results[1:])  # bit-identical
+
+
+def test_wrapped_strategy_with_a_cohort_of_one_does_not_wait_for_nodes() -> None:
+    # FedAvg waits (forever) for min_available_nodes=2; a decoding wrapper in between must not
+    # hide that minimum from VirtualClients, or a one-phone cohort would block the run.
+    import threading
+
+    from fedsim.compression.codecs import NoCompression
+    from fedsim.server.updates import DecodeUpdates
+    from fedsim.server.virtual_clients import innermost
+    from fedsim.updates import UpdateRule
+
+    inner = FedAvg(min_available_nodes=2)
+    stack = DecodeUpdates(inner, UpdateRule("delta", NoCompression(), 1.0, False), frozenset())
+    assert innermost(stack) is inner
+    wrapper = VirtualClients(stack, CohortSampler(10, 1, 0))
+    out: list = []
+    worker = threading.Thread(
+        target=lambda: out.extend(wrapper.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid([7]))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert len(out) == 1 and out[0].metadata.dst_node_id == 7

@@ -40,6 +40,8 @@ class RoundRecord:
     wall_s: float = 0.0  # this round, host wall clock
     elapsed_wall_s: float = 0.0  # since the first round started
     client_wall_s: float = 0.0  # sum of the completed clients' local training time
+    bytes_up: int = 0  # encoded upload payloads of the completed clients
+    bytes_down: int = 0  # the model as sent to every sampled client (uncompressed float32)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)

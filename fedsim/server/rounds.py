@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.errors import UserInputError
+from fedsim.compression.wire import record_nbytes
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
@@ -123,6 +123,13 @@ def completed_clients(replies: list[Message]) -> list[int]:
     return sorted(int(r.content[keys.METRICS][keys.CLIENT_ID]) for r in replies)
 
 
+def traffic(sent: list[Message], completed: list[Message]) -> tuple[int, int]:
+    """Bytes up (completed clients' encoded payloads) and down (the model to each message)."""
+    up = sum(int(r.content[keys.METRICS].get(keys.PAYLOAD_BYTES, 0)) for r in completed)
+    down = sum(record_nbytes(next(iter(m.content.array_records.values()))) for m in sent)
+    return up, down
+
+
 def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
     """Block until the simulation engine has registered every execution slot."""
     deadline = time.monotonic() + timeout_s
@@ -211,6 +218,7 @@ def run_rounds(
         last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
         evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
         train_loss, num_examples, client_s = weighted_train_loss(outcome.completed)
+        bytes_up, bytes_down = traffic(messages, outcome.completed)
         now = time.perf_counter()
         record = RoundRecord(
             round=server_round,
@@ -231,6 +239,8 @@ def run_rounds(
             wall_s=now - start,
             elapsed_wall_s=now - first_start,
             client_wall_s=client_s,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
         )
         on_round(record, arrays)
     return "completed"

@@ -84,6 +84,17 @@ def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> 
     return Message(content, dst_node_id=node_id, message_type=template.metadata.message_type)
 
 
+def innermost(strategy: Strategy) -> Strategy:
+    """The user's strategy under fedsim's and Flower's wrappers (each keeps it as ``.strategy``).
+
+    Its node minimums decide how many placeholders the cohort view must show; a wrapper
+    (update decoding, DP) has none of its own.
+    """
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy
+    return strategy
+
+
 class VirtualClients(Strategy):
     """Wrap ``strategy`` so that each round trains the sampler's cohort of virtual clients.
 
@@ -112,10 +123,11 @@ class VirtualClients(Strategy):
         cohort = self.sampler.cohort(server_round)
         if len(cohort) == 0:
             return []
+        user = innermost(self.strategy)
         placeholders = max(
             len(cohort),
-            int(getattr(self.strategy, "min_available_nodes", 0)),
-            int(getattr(self.strategy, "min_train_nodes", 0)),
+            int(getattr(user, "min_available_nodes", 0)),
+            int(getattr(user, "min_train_nodes", 0)),
         )
         # Strategies write into the config they are given (FedAvg sets "server-round"): hand
         # them a copy so the caller's record stays as it was.

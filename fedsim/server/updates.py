@@ -1,0 +1,113 @@
+"""Decode clients' uploads into weights replies, so any strategy runs with any update kind.
+
+:class:`DecodeUpdates` wraps the strategy stack (inside :class:`VirtualClients`, outside any
+privacy wrapper and the user's strategy). For each successful reply it reads the encoded
+payload (:mod:`fedsim.compression.wire`), decodes it with the run's codec, and rebuilds the
+weights it stands for against the global model the cohort received
+(:func:`fedsim.updates.reconstruct`): ``global + delta``, ``global - server_lr * gradient``.
+The inner strategy then receives ordinary replies, one ArrayRecord of weights plus the
+client's MetricRecord, exactly what Flower's strategies and ``CentralDP`` expect. This is the
+server half of pfl-research's "post-process on the device, undo in reverse on the server".
+
+Error replies pass through untouched; the caller's replies are never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsim import keys
+from fedsim.compression.wire import from_records
+from fedsim.updates import UpdateRule, reconstruct
+
+
+class DecodeUpdates(Strategy):
+    """Turn encoded deltas/gradients/weights into weights replies for ``strategy``.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        What aggregates the weights (the user's strategy, possibly privacy-wrapped).
+    rule : UpdateRule
+        The run's ``update`` node: the codec to decode with and the gradient step.
+    parameter_names : frozenset[str]
+        Names of the model's parameters; other float tensors of a gradient upload are deltas.
+    """
+
+    def __init__(
+        self, strategy: Strategy, rule: UpdateRule, parameter_names: frozenset[str]
+    ) -> None:
+        self.strategy = strategy
+        self.rule = rule
+        self.parameter_names = parameter_names
+        self._global: dict[str, np.ndarray] | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        # Uploads are relative to the model this round's cohort receives.
+        self._global = {name: array.numpy() for name, array in arrays.items()}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        decoded = [reply if reply.has_error() else self.decode(reply) for reply in replies]
+        arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
+        return self.in_model_dtypes(arrays), metrics
+
+    def in_model_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """``arrays`` cast back to the dtypes of the model the round started from.
+
+        FedAdam, FedYogi, FedAdagrad and QFedAvg compute in float64 (numpy promotes float32
+        arrays combined with float64 scalars), which would silently turn the global model,
+        and every later download, into float64 at twice the bytes. The model is float32.
+        """
+        assert self._global is not None
+        if arrays is None or all(
+            arrays[k].dtype == str(self._global[k].dtype) for k in arrays if k in self._global
+        ):
+            return arrays
+        return ArrayRecord(
+            {
+                k: Array(a.numpy().astype(self._global[k].dtype) if k in self._global else a.numpy())
+                for k, a in arrays.items()
+            }
+        )
+
+    def decode(self, reply: Message) -> Message:
+        """A copy of ``reply`` whose content is the rebuilt weights and the client's metrics."""
+        assert self._global is not None, "configure_train runs before aggregate_train"
+        (name, payload), = reply.content.array_records.items()
+        encoded, payload_kind = from_records(payload, reply.content[keys.PAYLOAD])
+        weights = reconstruct(
+            payload_kind, self._global, self.rule.compression.decode(encoded),
+            self.parameter_names, self.rule.server_lr,
+        )
+        rebuilt = copy.copy(reply)  # shares metadata (reply_to) with the real reply
+        rebuilt.content = RecordDict(
+            {
+                name: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
+                keys.METRICS: reply.content[keys.METRICS],
+            }
+        )
+        return rebuilt
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
