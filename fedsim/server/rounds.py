@@ -23,9 +23,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.compression.wire import record_nbytes
+from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
+from fedsim.server.virtual_clients import innermost
 
 log = logging.getLogger("fedsim")
 
@@ -141,13 +143,6 @@ def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
 
 class StrategyError(UserInputError):
     """The strategy raised; the run stops with the rounds it finished (one-line message)."""
-
-
-def innermost(strategy: Strategy) -> Strategy:
-    """The user's strategy inside fedsim's wrappers (each keeps it as ``.strategy``)."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy
-    return strategy
 
 
 @contextmanager
