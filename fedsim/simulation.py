@@ -1,15 +1,12 @@
 """One simulation run, from a composed Hydra config to files in the run directory.
 
-The flow is one-way: config -> data and population -> model and strategy stack -> Flower/Ray
-(:mod:`fedsim.engine`) -> round records -> summary, model and plot. Everything that can reject
-the user's input (config types and ranges, ``_target_`` imports, dataset files, the partition,
-the strategy class) runs in :func:`prepare`, before Ray starts.
+The flow is one-way: config -> checked parts (:mod:`fedsim.preparation`, before Ray starts) ->
+Flower/Ray (:mod:`fedsim.engine`) -> round records and checkpoints (:mod:`fedsim.run_state`)
+-> summary, membership audit, model and plot. A resumed run starts from its checkpoint.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 import os
 import shutil
 import signal
@@ -18,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +23,15 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
-from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
 from fedsim import checkpoint, engine
-from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
 from fedsim.compression.error_feedback import ResidualFiles
-from fedsim.config import (
-    ConfigError,
-    Faults,
-    Simulation,
-    locate_targets,
-    parse_faults,
-    parse_simulation,
-    to_plain,
-)
-from fedsim.data.datasets import DatasetSplits
-from fedsim.data.shards import ShardSource
-from fedsim.errors import UserInputError
-from fedsim.models.factory import ModelBuilder
+from fedsim.config import Simulation
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.privacy.audit import MembershipAudit, NoAudit
-from fedsim.privacy.plan import PrivacyPlan
-from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
+from fedsim.preparation import Prepared, initial_model, prepare
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
 from fedsim.reporting.run_log import RoundRecord
@@ -61,175 +40,10 @@ from fedsim.run_state import RunState
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
-from fedsim.server.sampler import CohortSampler
 from fedsim.server.server_app import make_server_app
 from fedsim.server.updates import DecodeUpdates
 from fedsim.server.virtual_clients import VirtualClients
 from fedsim.updates import UpdateRule
-
-log = logging.getLogger("fedsim")
-
-
-@dataclass
-class Prepared:
-    """Everything a run needs, built and checked before Ray starts."""
-
-    settings: Simulation
-    splits: DatasetSplits
-    shards: ShardSource
-    builder: ModelBuilder
-    strategy: Strategy  # the user's strategy, wrapped by the privacy mechanism if any
-    sampler: CohortSampler
-    privacy: PrivacyPlan
-    audit: MembershipAudit | NoAudit
-    secagg: SecAggPlusCostModel | NoSecureAggregation
-    faults: Faults
-    update: UpdateRule
-    threat: ThreatModel | None  # Byzantine clients, if any
-
-
-def check_strategy_class(target: str) -> None:
-    """Refuse a ``_target_`` class that is not a Strategy, or lacks a required method.
-
-    Checked on the class, before its constructor runs, so the message names what is wrong
-    rather than whatever the constructor would trip over.
-    """
-    cls = _locate(target)
-    if not inspect.isclass(cls):
-        return  # a factory function: its result is checked after instantiation
-    if not issubclass(cls, Strategy):
-        raise ConfigError(
-            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
-            f"subclass (its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'})"
-        )
-    missing = sorted(getattr(cls, "__abstractmethods__", ()))
-    if missing:
-        raise ConfigError(
-            f"strategy._target_: {target!r} lacks required method(s) {', '.join(missing)} "
-            f"(a Strategy implements {', '.join(sorted(Strategy.__abstractmethods__))})"
-        )
-
-
-def with_assumed_malicious(node: DictConfig, threat: ThreatModel, cohort: int) -> DictConfig:
-    """``node`` with ``num_malicious_nodes: null`` (Krum, MultiKrum, Bulyan) filled in.
-
-    The assumption is the attack's expected count per cohort (:func:`assumed_malicious`);
-    an explicit number in the config is kept.
-    """
-    if "num_malicious_nodes" not in node or node.num_malicious_nodes is not None:
-        return node
-    bulyan = str(node.get("_target_", "")).rsplit(".", 1)[-1] == "Bulyan"
-    filled = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    filled.num_malicious_nodes = assumed_malicious(threat.fraction, cohort, bulyan)
-    return filled
-
-
-def build_update(node: DictConfig) -> UpdateRule:
-    """Instantiate the ``update`` node (with its ``compression`` codec)."""
-    try:
-        rule = instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserInputError):
-            raise err.__cause__ from None
-        raise ConfigError(f"update: {str(err.__cause__ or err).splitlines()[0]}") from None
-    if not isinstance(rule, UpdateRule):
-        raise ConfigError(f"update._target_: {node.get('_target_')!r} is not an UpdateRule")
-    return rule
-
-
-def build_strategy(node: DictConfig) -> Strategy:
-    """Instantiate the user's strategy; a one-line ConfigError if it is not a usable one."""
-    target = node.get("_target_")
-    check_strategy_class(target)
-    try:
-        strategy = instantiate(node)
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ConfigError(f"strategy: cannot build {target!r}: {detail}") from None
-    if not isinstance(strategy, Strategy):
-        raise ConfigError(
-            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
-            f"(got {type(strategy).__name__})"
-        )
-    return strategy
-
-
-def build_privacy(
-    node: DictConfig, strategy: Strategy, settings: Simulation, sampler: CohortSampler
-) -> PrivacyPlan:
-    """Instantiate the ``privacy`` option and attach it to ``strategy``."""
-    mechanism = instantiate_option("privacy", node)
-    return mechanism.attach(
-        strategy, population=settings.population, cohort=settings.clients_per_round,
-        sampling=settings.sampling, seed=settings.seed, rounds=settings.rounds, sampler=sampler,
-    )
-
-
-def instantiate_option(group: str, node: DictConfig) -> Any:
-    """Instantiate a config group's option; its own one-line errors pass through."""
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserInputError):
-            raise err.__cause__ from None
-        raise ConfigError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
-
-
-def refuse_batch_statistics(builder: ModelBuilder, privacy: PrivacyPlan) -> None:
-    """DP covers the exchanged update; BatchNorm's running statistics would be noised into
-    nonsense (a negative variance) or would have to travel unprotected, so DP runs need
-    ``norm=group`` or ``norm=none`` (the DP options select ``group`` by default)."""
-    if privacy.accountant is None:
-        return
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in builder().modules()):
-        raise ConfigError(
-            f"norm: privacy={privacy.report.get('privacy')} cannot protect BatchNorm running "
-            "statistics; use norm=group or norm=none"
-        )
-
-
-def prepare(cfg: DictConfig) -> Prepared:
-    """Validate ``cfg`` and build data, population, model recipe and strategy."""
-    settings = parse_simulation(cfg)
-    locate_targets(cfg)
-    audit = instantiate_option("audit", cfg.audit)
-    # Held-out audit clients get shards of the same partition but are never sampled.
-    shards = ShardSource.from_config(
-        to_plain(cfg.dataset), to_plain(cfg.partition),
-        settings.population + audit.holdout_clients, settings.seed,
-    )
-    splits, _ = shards.load()  # data-file and partition errors surface here
-    builder = ModelBuilder.from_config(
-        to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
-    )
-    sampler = CohortSampler(
-        settings.population, settings.clients_per_round, settings.seed, settings.sampling
-    )
-    update = build_update(cfg["update"])  # not cfg.update: DictConfig.update is a method
-    threat = build_threat(
-        to_plain(cfg.attack), settings.population, settings.seed, splits.num_classes
-    )
-    strategy = build_strategy(
-        with_assumed_malicious(cfg.strategy, threat, settings.clients_per_round)
-    )
-    privacy = build_privacy(cfg.privacy, strategy, settings, sampler)
-    refuse_batch_statistics(builder, privacy)
-    secagg = instantiate_option("secagg", cfg.secagg)
-    secagg.check(privacy.strategy)
-    faults = parse_faults(cfg)
-    if faults.slow_client_rate and settings.client_timeout_s is None:
-        raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
-    return Prepared(
-        settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg,
-        faults, update, threat,
-    )
-
-
-def initial_model(prepared: Prepared) -> torch.nn.Module:
-    """The seeded initial global model (the server's initialisation is part of the seed)."""
-    torch.manual_seed(prepared.settings.seed)
-    return prepared.builder()
 
 
 def run(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedsim.models.state import exchangeable_state
-from fedsim.simulation import initial_model, prepare
+from fedsim.preparation import initial_model, prepare
 from tests.test_config import make_cfg, options
 from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, rounds, run_cli
 

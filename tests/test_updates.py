@@ -27,7 +27,7 @@ from fedsim.models.state import exchangeable_state
 from fedsim.server.rounds import traffic
 from fedsim.server.updates import DecodeUpdates
 from fedsim.server.virtual_clients import VirtualClients, client_id_of
-from fedsim.simulation import prepare
+from fedsim.preparation import prepare
 from fedsim.updates import UpdateRule, kind_code
 from tests.test_config import CONF
 from tests.test_virtual_clients import FakeGrid

@@ -113,7 +113,7 @@ def audit_finished_run(run_dir: Path) -> dict[str, Any]:
 
     from fedsim.models.state import load_exchangeable_state
     from fedsim.reporting.run_log import read_records
-    from fedsim.simulation import prepare  # here: simulation imports this module
+    from fedsim.preparation import prepare  # here: preparation imports this module
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     prepared = prepare(cfg)
