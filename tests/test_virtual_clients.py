@@ -125,7 +125,7 @@ def test_wrapped_strategy_with_a_cohort_of_one_does_not_wait_for_nodes() -> None
 
     from fedsim.compression.codecs import NoCompression
     from fedsim.server.updates import DecodeUpdates
-    from fedsim.server.virtual_clients import innermost
+    from fedsim.server.wrapper import innermost
     from fedsim.updates import UpdateRule
 
     inner = FedAvg(min_available_nodes=2)

@@ -36,6 +36,7 @@ from fedsim.privacy.clipping import (
     noisy_mean_of_clipped,
     noisy_unclipped_fraction,
 )
+from fedsim.server.wrapper import StrategyWrapper
 
 # Aggregates that are not a (weighted) mean of the replies; MultiKrum subclasses Krum.
 NOT_MEAN_AGGREGATORS = (FedMedian, FedTrimmedAvg, Krum, Bulyan, QFedAvg)
@@ -65,7 +66,7 @@ class AdaptiveClipping:
     count_stddev: float
 
 
-class CentralDP(Strategy):
+class CentralDP(StrategyWrapper):
     """Clip, sum, noise and divide by the expected cohort; hand the result to ``strategy``.
 
     Parameters
@@ -163,13 +164,3 @@ class CentralDP(Strategy):
             }
         )
         return reply
-
-    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-

@@ -38,6 +38,7 @@ from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import default_delta, epsilon
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.sampler import CohortSampler
+from fedsim.server.wrapper import StrategyWrapper
 
 
 def local_dp_event(noise_multiplier: float, reports: int) -> dp_accounting.DpEvent:
@@ -125,7 +126,7 @@ class LocalDPAccountant:
         }
 
 
-class LocalDPInstructions(Strategy):
+class LocalDPInstructions(StrategyWrapper):
     """Puts ``C`` and ``z`` into every train message; the client does the rest.
 
     Any aggregator may sit inside (robust ones too: the reports are already private), except
@@ -165,14 +166,8 @@ class LocalDPInstructions(Strategy):
         self.norms_used[server_round] = self.clipping_norm
         return self.strategy.aggregate_train(server_round, replies)
 
-    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
-    def summary(self) -> None:
-        self.strategy.summary()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.server.evaluation import Evaluation
-from fedsim.server.virtual_clients import innermost
+from fedsim.server.wrapper import innermost
 
 log = logging.getLogger("fedsim")
 
@@ -152,7 +152,7 @@ def strategy_errors(method: str, strategy: Strategy, server_round: int) -> Itera
         yield
     except UserInputError:
         raise
-    except Exception as err:  # noqa: BLE001 - whatever a user's strategy raises
+    except Exception as err:
         name = type(innermost(strategy)).__name__
         detail = str(err).splitlines()[0] if str(err) else ""
         raise StrategyError(

@@ -24,10 +24,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.compression.wire import from_records
+from fedsim.server.wrapper import StrategyWrapper
 from fedsim.updates import UpdateRule, reconstruct
 
 
-class DecodeUpdates(Strategy):
+class DecodeUpdates(StrategyWrapper):
     """Turn encoded deltas/gradients/weights into weights replies for ``strategy``.
 
     Parameters
@@ -98,16 +99,3 @@ class DecodeUpdates(Strategy):
             }
         )
         return rebuilt
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()

@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.server.sampler import CohortSampler
+from fedsim.server.wrapper import innermost
 
 
 class _CohortView(Grid):
@@ -82,17 +83,6 @@ def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> 
             record = ConfigRecord({**record, **extra, keys.CLIENT_ID: client_id})
         content[name] = record  # arrays are shared read-only, as Flower's own strategies do
     return Message(content, dst_node_id=node_id, message_type=template.metadata.message_type)
-
-
-def innermost(strategy: Strategy) -> Strategy:
-    """The user's strategy under fedsim's and Flower's wrappers (each keeps it as ``.strategy``).
-
-    Its node minimums decide how many placeholders the cohort view must show; a wrapper
-    (update decoding, DP) has none of its own.
-    """
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy
-    return strategy
 
 
 class VirtualClients(Strategy):
