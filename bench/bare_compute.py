@@ -10,20 +10,11 @@ sample-weighted FedAvg and central evaluation as the simulators do. Round timest
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-EVENTS = os.environ.get("BENCH_EVENTS")
-
-
-def event(name: str, **fields) -> None:
-    if EVENTS:
-        with open(EVENTS, "a") as fh:
-            fh.write(json.dumps({"event": name, "t": time.time(), **fields}) + "\n")
+from bench.workload import event
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import workload as W  # noqa: E402
-from bench.process_tree import descendants, pss_bytes  # noqa: E402
+from bench import workload as W
+from bench.process_tree import descendants, pss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("fedsim", "plain_flower", "bare_compute")

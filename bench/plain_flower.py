@@ -12,38 +12,29 @@ for ``bench/compare.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.simulation import run_simulation  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+from torch.utils.data import DataLoader, TensorDataset
 
-from bench import workload as W  # noqa: E402
-from fedsim.models.mobilenet_v2 import mobilenet_v2  # noqa: E402
-
-EVENTS = os.environ.get("BENCH_EVENTS")
-
-
-def event(name: str, **fields) -> None:
-    if EVENTS:
-        with open(EVENTS, "a") as fh:
-            fh.write(json.dumps({"event": name, "t": time.time(), **fields}) + "\n")
+from bench import workload as W
+from bench.workload import event
+from fedsim.models.mobilenet_v2 import mobilenet_v2
 
 
-def Net() -> torch.nn.Module:  # noqa: N802 - the quickstart's spelling
+def Net() -> torch.nn.Module:
     return mobilenet_v2(num_classes=10, in_channels=1, input_size=8, width_mult=0.5, dropout=0.2)
 
 

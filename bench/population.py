@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.process_tree import run_measured  # noqa: E402
+from bench.process_tree import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 

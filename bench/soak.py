@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.process_tree import descendants, pss_bytes  # noqa: E402
+from bench.process_tree import descendants, pss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

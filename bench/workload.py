@@ -26,3 +26,15 @@ FEDSIM_OVERRIDES = [
     f"simulation.backend.num_cpus={TOTAL_CPUS}", f"simulation.backend.client_cpus={CLIENT_CPUS}",
     "audit=none", "progress=lines",
 ]
+
+
+def event(name: str, **fields) -> None:
+    """Append a timestamped mark to ``$BENCH_EVENTS`` (JSON lines), if set."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("BENCH_EVENTS")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"event": name, "t": time.time(), **fields}) + "\n")

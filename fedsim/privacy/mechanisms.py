@@ -131,12 +131,25 @@ class _CentralOptions:
         }
         return ledger, where, report
 
-    def _plan(self, wrapped: CentralDP, ledger: PrivacyAccountant, report: dict) -> PrivacyPlan:
+    def attach(
+        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
+        rounds: int, **_: Any,
+    ) -> PrivacyPlan:
+        ledger, where, report = self._ledger(
+            population=population, cohort=cohort, sampling=sampling, rounds=rounds
+        )
+        wrapped, settings = self._wrap(strategy, report["noise_multiplier"], where, cohort, seed)
         stop_at = self.target_epsilon if self.on_target == "stop" else None
         return PrivacyPlan(
-            strategy=wrapped, accountant=ledger, target_epsilon=stop_at, report=report,
-            mechanism=wrapped,
+            strategy=wrapped, accountant=ledger, target_epsilon=stop_at,
+            report={**report, **settings}, mechanism=wrapped,
         )
+
+    def _wrap(
+        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralDP, dict[str, Any]]:
+        """The DP wrapper around ``strategy`` and its settings for the report."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -169,18 +182,13 @@ class CentralDPFixedClipping(_CentralOptions):
             raise PrivacyConfigError(f"privacy.clipping_norm: must be > 0, got {self.clipping_norm}")
         self._check()
 
-    def attach(
-        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
-        rounds: int, **_: Any,
-    ) -> PrivacyPlan:
-        ledger, where, report = self._ledger(
-            population=population, cohort=cohort, sampling=sampling, rounds=rounds
-        )
-        z = report["noise_multiplier"]
+    def _wrap(
+        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralDP, dict[str, Any]]:
         wrapped = CentralDP(
             strategy, self.clipping_norm, z * where.noise_scale, expected_cohort=cohort, seed=seed
         )
-        return self._plan(wrapped, ledger, {**report, "clipping_norm": self.clipping_norm})
+        return wrapped, {"clipping_norm": self.clipping_norm}
 
 
 @dataclass(frozen=True)
@@ -233,14 +241,9 @@ class CentralDPAdaptiveClipping(_CentralOptions):
             )
         self._check()
 
-    def attach(
-        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
-        rounds: int, **_: Any,
-    ) -> PrivacyPlan:
-        ledger, where, report = self._ledger(
-            population=population, cohort=cohort, sampling=sampling, rounds=rounds
-        )
-        z = report["noise_multiplier"]
+    def _wrap(
+        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralDP, dict[str, Any]]:
         sigma_b = self.clipped_count_stddev or max(where.cohort / 20, z)
         z_update = adaptive_update_noise_multiplier(z, sigma_b)
         wrapped = CentralDP(
@@ -250,8 +253,7 @@ class CentralDPAdaptiveClipping(_CentralOptions):
                 self.target_quantile, self.clip_learning_rate, sigma_b * where.noise_scale
             ),
         )
-        report = {
-            **report,
+        return wrapped, {
             "privacy": "central_dp_adaptive",
             "clipping_norm": self.initial_clipping_norm,
             "target_quantile": self.target_quantile,
@@ -259,4 +261,3 @@ class CentralDPAdaptiveClipping(_CentralOptions):
             "clipped_count_stddev": sigma_b,
             "update_noise_multiplier": z_update,
         }
-        return self._plan(wrapped, ledger, report)
