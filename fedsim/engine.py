@@ -54,9 +54,6 @@ def quiet_runtime(verbose: bool) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
     if not verbose:
-        # Ray's C++ core logs to stderr, e.g. that it could not report a retried actor task to a
-        # driver that is shutting down; fedsim records failures itself.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         # Flower logs the deprecation of run_simulation and each client error with a full
         # traceback; fedsim records failures in metrics.jsonl and logs one line instead.
         logging.getLogger("flwr").setLevel(logging.CRITICAL)

@@ -83,10 +83,13 @@ def test_a_strategy_that_raises_keeps_the_finished_rounds(tmp_path: Path) -> Non
     result = cli(tmp_path, *TINY, "simulation.rounds=3",
                  "strategy._target_=tests.test_bad_input.RaisesInRoundTwo")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    # Ray may log a line of its own while its actors shut down; fedsim says one thing.
+    ours = [line for line in result.stderr.splitlines() if line.startswith("fedsim:")]
+    assert ours == [
         "fedsim: error: strategy: RaisesInRoundTwo.aggregate_train raised in round 2: "
         "ValueError: weights do not add up"
     ]
+    assert "Traceback" not in result.stderr
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
