@@ -67,7 +67,7 @@ def train_fn(net, loader, epochs: int, lr: float) -> float:
             loss = F.cross_entropy(net(x), y)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(y)
+            total += loss.item() * len(y)
             seen += len(y)
     return total / max(seen, 1)
 
