@@ -123,7 +123,9 @@ class InjectedFault(RuntimeError):
     """Raised by a client-round the server told to fail (``faults.client_error_rate``)."""
 
 
-def obey_fault(env: ClientEnvironment, config: ConfigRecord) -> dict:
+def obey_fault(
+    env: ClientEnvironment, config: ConfigRecord, server_round: int, client_id: int
+) -> dict:
     """Act out the fault the server injected into this client-round; return reply metrics.
 
     A killed actor is restarted by Ray, which re-runs the message; the marker file left before
@@ -135,9 +137,7 @@ def obey_fault(env: ClientEnvironment, config: ConfigRecord) -> dict:
     if fault == "slow":
         time.sleep(float(config[keys.SLOW_FOR_S]))  # overruns simulation.client_timeout_s
     if fault == "kill":
-        marker = Path(env.scratch_dir) / (
-            f"killed-r{int(config.get(keys.SERVER_ROUND, 0))}-c{int(config[keys.CLIENT_ID])}"
-        )
+        marker = Path(env.scratch_dir) / f"killed-r{server_round}-c{client_id}"
         if marker.exists():
             return {keys.RECOVERED: 1}  # Ray's re-run of the message after the kill
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +158,10 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     x, y = env.shards(client_id)  # the first call in a process loads the data: not the phone's time
 
     handling = time.perf_counter()  # from here on: what simulation.client_timeout_s limits
-    fault_metrics = obey_fault(env, config)
-    load_exchangeable_state(model, arrays.to_torch_state_dict())
+    fault_metrics = obey_fault(env, config, server_round, client_id)
+    # Deserialize the received model once; the torch view shares the numpy memory.
     received = {name: array.numpy() for name, array in arrays.items()}
+    load_exchangeable_state(model, {name: torch.from_numpy(a) for name, a in received.items()})
     attack = env.threat.attacker(client_id) if env.threat else None
     if attack is not None:
         y = attack.flip(y)  # data poisoning happens before training

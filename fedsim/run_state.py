@@ -53,6 +53,7 @@ class RunState:
         self.arrays = arrays
         self.checkpoint_every = checkpoint_every
         self.log = RunLog(out_dir / "metrics.jsonl", restored or [])
+        self._record_dicts = [asdict(r) for r in self.log.records]  # converted once each
         self.on_checkpoint = on_checkpoint
         self._snapshot: bytes | None = None
         self._snapshot_round = 0
@@ -69,6 +70,7 @@ class RunState:
         ``metrics.jsonl``, which resuming rewrites from the checkpoint's own records.
         """
         self.arrays = arrays
+        self._record_dicts.append(asdict(record))
         accountant = self.privacy.accountant
         self._snapshot = snapshot(
             Checkpoint(
@@ -76,7 +78,7 @@ class RunState:
                 arrays=arrays,
                 strategy=self.strategy,
                 accountant=accountant.state() if accountant is not None else None,
-                records=[asdict(r) for r in [*self.log.records, record]],
+                records=list(self._record_dicts),
             )
         )
         self._snapshot_round = record.round

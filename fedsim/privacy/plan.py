@@ -68,6 +68,10 @@ class PrivacyPlan:
             return None
         return self.mechanism.norms_used.get(server_round)
 
+    def epsilon_spent(self) -> float | None:
+        """Epsilon after the rounds accounted so far (memoized with the what-if queries)."""
+        return None if self.accountant is None else self.epsilon_after(self.accountant.rounds)
+
     def epsilon_after(self, rounds: int) -> float | None:
         """Epsilon after ``rounds`` rounds (None without DP), without changing the accountant."""
         if self.accountant is None:

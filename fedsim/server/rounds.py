@@ -228,7 +228,7 @@ def run_rounds(
             recovered=sum(int(r.content[keys.METRICS].get(keys.RECOVERED, 0)) for r in replies
                           if not r.has_error()),
             num_examples=num_examples,
-            epsilon=privacy.accountant.epsilon() if privacy.accountant else None,
+            epsilon=privacy.epsilon_spent(),  # the budget check above computed it already
             clipping_norm=privacy.clipping_norm_of(server_round),
             clients=completed_clients(outcome.completed),
             wall_s=now - start,
