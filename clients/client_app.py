@@ -1,4 +1,4 @@
-"""The Flower ClientApp: a thin shell around :func:`clients.training.train_locally`.
+"""The Flower ClientApp: a thin shell around :func:`clients.training.train_in_mode`.
 
 One ClientApp serves every virtual client. A train message names the phone it trains as
 (``fedsim.keys.CLIENT_ID``); the shell fetches that phone's shard, loads the received weights
@@ -11,7 +11,10 @@ malicious, compressed) as an ArrayRecord plus a ConfigRecord of codec metadata
 server's :class:`fedsim.server.updates.DecodeUpdates` turns it back into weights.
 
 The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optional
-``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round.
+``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round. The
+server's device simulation (:mod:`fedsim.server.devices`) sets the fine-tuning mode and batch
+size it chose for this phone under its memory budget (``fedsim.keys.FINETUNE_MODE``,
+``BATCH_SIZE``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.finetune import FineTuneMode
 from clients.privacy import local_dp_rng, privatize
-from clients.training import LocalRecipe, LocalResult, train_locally
+from clients.training import LocalRecipe, LocalResult, train_in_mode
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
@@ -176,7 +180,12 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         gradient = {name: g.numpy() for name, g in step.gradient.items()}
         result = LocalResult(step.mean_loss, step.passes, step.num_examples)
     else:
-        result = train_locally(model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator)
+        # The mode and batch the server's memory-budget policy chose for this phone.
+        mode = str(config.get(keys.FINETUNE_MODE, FineTuneMode.FULL))
+        cache = bool(config.get(keys.CACHE_FEATURES, True))
+        result = train_in_mode(
+            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, cache
+        )
     after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
     after, gradient, privacy_metrics = apply_local_dp(
         env, config, server_round, client_id, received, after, gradient

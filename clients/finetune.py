@@ -1,4 +1,4 @@
-"""Which parameters a client trains: full, head-only or bias-only fine-tuning.
+"""Which parameters a client trains: full, head-only, bias-only, quantised fine-tuning.
 
 This module owns the fine-tuning modes of on-device training as pure functions of a model's
 structure (``trainable_names``) plus the one stateful step that applies a mode to a model
@@ -15,6 +15,11 @@ The modes trade accuracy for memory and compute on the phone:
   [1]_'s point is that bias gradients do not need the conv *inputs*, only the weights, so a
   frozen conv need not store its input activation; see ``clients.memory`` for how much of that
   saving stock PyTorch realises (none, for convolutions).
+- ``qat``: every parameter, trained through int8 fake quantisation of weights and activations
+  (``clients.quantize``) so the model degrades little when deployed in int8.
+- ``int8_head``: the head only, over a post-training-quantised int8 copy of the backbone
+  (``clients.quantize.quantize_backbone``): what a phone running a deployed int8 model can
+  fine-tune. Here it is frozen like ``head``; the float backbone is never changed.
 
 References
 ----------
@@ -46,14 +51,18 @@ HEAD_PREFIX = f"{HEAD_MODULE}."
 class FineTuneMode(StrEnum):
     """How much of the model a client trains.
 
-    The values are the strings configs use. Later modes ("qat" for quantisation-aware training,
-    "int8_head" for a head trained over an int8 backbone) add a member here and a rule in
-    ``trainable_names``.
+    The values are the strings configs use; see the module docstring for each mode.
     """
 
     FULL = "full"
     HEAD = "head"
     BIAS = "bias"
+    QAT = "qat"
+    INT8_HEAD = "int8_head"
+
+
+# Modes whose backbone (everything but the classifier) is a frozen, eval-mode feature extractor.
+FROZEN_BACKBONE_MODES = frozenset({FineTuneMode.HEAD, FineTuneMode.INT8_HEAD})
 
 
 def _head_names(model: nn.Module) -> set[str]:
@@ -82,11 +91,11 @@ def trainable_names(model: nn.Module, mode: FineTuneMode | str) -> set[str]:
     Parameters
     ----------
     model : nn.Module
-        The model; ``head`` and ``bias`` need a ``classifier`` submodule.
+        The model; ``head``, ``bias`` and ``int8_head`` need a ``classifier`` submodule.
     mode : FineTuneMode or str
-        ``full``: every parameter. ``head``: those under ``classifier.``. ``bias``: every
-        ``*.bias``, the weight and bias of every BatchNorm / GroupNorm / LayerNorm, and the head,
-        as in TinyTL [1]_.
+        ``full`` and ``qat``: every parameter. ``head`` and ``int8_head``: those under
+        ``classifier.``. ``bias``: every ``*.bias``, the weight and bias of every BatchNorm /
+        GroupNorm / LayerNorm, and the head, as in TinyTL [1]_.
 
     Returns
     -------
@@ -103,9 +112,9 @@ def trainable_names(model: nn.Module, mode: FineTuneMode | str) -> set[str]:
      'features.1.weight']
     """
     mode = FineTuneMode(mode)
-    if mode is FineTuneMode.FULL:
+    if mode in (FineTuneMode.FULL, FineTuneMode.QAT):
         return {name for name, _ in model.named_parameters()}
-    if mode is FineTuneMode.HEAD:
+    if mode in FROZEN_BACKBONE_MODES:
         return _head_names(model)
     if mode is FineTuneMode.BIAS:
         return _head_names(model) | _bias_and_norm_names(model)
@@ -132,7 +141,7 @@ def apply_mode(model: nn.Module, mode: FineTuneMode | str) -> None:
     """Prepare ``model`` for training in ``mode``, in place.
 
     Sets ``requires_grad`` to match ``trainable_names`` and puts the model in train mode. For
-    ``head`` everything but the ``classifier`` (the ``features`` trunk of a
+    ``head`` and ``int8_head`` everything but the ``classifier`` (the ``features`` trunk of a
     ``FeaturesClassifier``) goes to eval mode: it is a fixed feature extractor,
     so its BatchNorm running statistics must not update (see ``freeze_batchnorm_stats``) and
     any dropout in it must not fire. ``bias`` keeps BatchNorm in train mode, as TinyTL [1]_
@@ -146,7 +155,7 @@ def apply_mode(model: nn.Module, mode: FineTuneMode | str) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     model.train()
-    if mode is FineTuneMode.HEAD:
+    if mode in FROZEN_BACKBONE_MODES:
         for name, child in model.named_children():
             if name != HEAD_MODULE:
                 child.eval()
@@ -190,8 +199,20 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "flatten": ("input",),
     "view": ("input",),
     "reshape": ("input",),
+    # ShuffleNetV2 / GhostNet / SqueezeNet: concatenation, channel shuffle and max pooling.
+    "cat": ("tensors", "dim"),
+    "unflatten": ("input", "dim", "sizes"),
+    "transpose": ("input", "dim0", "dim1"),
+    "contiguous": ("input",),
+    "max_pool2d": ("input", "kernel_size", "stride", "padding", "dilation"),
 }
 OP_ALIASES = {"__mul__": "mul", "__rmul__": "mul", "__add__": "add", "__radd__": "add"}
+
+
+def _is_tensor_sequence(value: Any) -> bool:
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    return all(isinstance(t, Tensor) for t in value)
 
 
 class _ShapeTracer(TorchFunctionMode):
@@ -201,6 +222,8 @@ class _ShapeTracer(TorchFunctionMode):
     allocated, and ``needs_grad`` is propagated here (an output needs a gradient iff some
     input does) instead of by autograd. Only calls that return one tensor are recorded; ops
     outside ``ARG_NAMES`` that need a gradient raise a warning, as the cost models ignore them.
+    A sequence of tensors in (``cat``) binds as a tuple of ``TensorInfo``; the tensors of a
+    sequence out (``chunk``) are not recorded but inherit ``needs_grad`` from the inputs.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -226,6 +249,14 @@ class _ShapeTracer(TorchFunctionMode):
             self._infos[id(t)] = (t, info)
         return self._infos[id(t)][1]
 
+    def _bind(self, value: Any) -> Any:
+        """``TensorInfo`` for a tensor, a tuple of them for a sequence of tensors (``cat``)."""
+        if isinstance(value, Tensor):
+            return self.info(value)
+        if _is_tensor_sequence(value):
+            return tuple(self.info(t) for t in value)
+        return value
+
     def __torch_function__(
         self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
@@ -234,13 +265,23 @@ class _ShapeTracer(TorchFunctionMode):
         name = getattr(func, "__name__", str(func))
         name = OP_ALIASES.get(name, name)
         in_place = name.endswith("_") and not name.startswith("__")  # e.g. BN's step counter
-        if not isinstance(out, Tensor) or in_place:
+        if in_place:
+            return out
+        if _is_tensor_sequence(out):  # e.g. ``chunk``: views, not recorded, but they carry the grad
+            inputs = [self.info(t) for t in (*args, *kwargs.values()) if isinstance(t, Tensor)]
+            for t in out:
+                self.info(t, t.is_floating_point() and any(i.needs_grad for i in inputs))
+            return out
+        if not isinstance(out, Tensor):
             return out
         names = ARG_NAMES.get(name, ())
         bound = {names[i] if i < len(names) else f"arg{i}": v for i, v in enumerate(args)} | kwargs
-        bound = {k: self.info(v) if isinstance(v, Tensor) else v for k, v in bound.items()}
+        bound = {k: self._bind(v) for k, v in bound.items()}
         needs_grad = out.is_floating_point() and any(
-            v.needs_grad for v in bound.values() if isinstance(v, TensorInfo)
+            t.needs_grad
+            for v in bound.values()
+            for t in (v if isinstance(v, tuple) else (v,))
+            if isinstance(t, TensorInfo)
         )
         if name not in ARG_NAMES and needs_grad:
             warnings.warn(f"training trace: op {name!r} is not modelled (no FLOPs, saves nothing)")

@@ -14,6 +14,7 @@ quote "FLOPs" for MACs, e.g. the MobileNet papers' "MAdds", are half of ours):
   statistics' reductions are not counted); activations, dropout, residual adds and the
   squeeze-excite product: ``ELEMENTWISE_FLOPS`` per output element; pooling: one per input
   element; views and flattening: none. These are a few percent of a MobileNet's total.
+  Concatenations and channel shuffles (ShuffleNetV2, GhostNet, SqueezeNet) count none either.
 - backward: for each op, the gradient w.r.t. its input costs what the forward did, and is
   computed only where a gradient must flow further back (the input needs one); the gradient
   w.r.t. its weight costs what the forward did, and is computed only if the weight trains.
@@ -21,6 +22,14 @@ quote "FLOPs" for MACs, e.g. the MobileNet papers' "MAdds", are half of ours):
   conv stack costs about 2x its forward in backward (the first layer needs no input
   gradient), and head-only training has the classifier's backward only [1]_.
 - the loss is not counted (a few FLOPs per class).
+- ``qat`` (``train_cost``): full training plus, per conv / linear output element,
+  ``FAKE_QUANT_FLOPS`` for fake-quantising it and ``ELEMENTWISE_FLOPS`` for its
+  straight-through mask in backward. The weights' fake quantisation (the same per weight, per
+  *step*) is left out, as ``train_cost`` has no batch size: at batch 8 on 8x8 digits it would
+  add about 10 % to MobileNetV2's forward. The EMA observers' min / max reductions are not
+  counted, like BatchNorm's statistics.
+- ``int8_head``: the backbone forward runs on the int8 kernels (``TrainCost.int8_flops``); the
+  pooling after it and the head train in fp32.
 
 References
 ----------
@@ -36,10 +45,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from clients.finetune import FineTuneMode, OpCall, TensorInfo, trace_training_forward
+from clients.quantize import QUANTIZED_OPS
 
 NORM_FLOPS = 4  # per element: subtract mean, times inverse std, times weight, plus bias
 AFFINE_GRAD_FLOPS = 2  # per element: grad * x_hat accumulated into the weight gradient
 ELEMENTWISE_FLOPS = 1  # per output element of an activation, dropout, add or product
+FAKE_QUANT_FLOPS = 4  # per element: divide by scale, round, clamp, multiply back
 ELEMENTWISE_OPS = frozenset(
     {"relu", "hardtanh", "hardswish", "hardsigmoid", "dropout", "mul", "add"}
 )
@@ -85,6 +96,9 @@ def op_flops(call: OpCall) -> FlopCount:
         ]
         input_grad = forward * sum(t.needs_grad for t in operands)
     elif call.op == "adaptive_avg_pool2d":
+        forward = math.prod(x.shape)
+        input_grad = forward if x.needs_grad else 0
+    elif call.op == "max_pool2d":  # one comparison per input element, one scatter back
         forward = math.prod(x.shape)
         input_grad = forward if x.needs_grad else 0
     return FlopCount(forward, input_grad + weight_grad)
@@ -165,3 +179,74 @@ def train_flops(
         else:
             per_epoch += flops.total
     return samples * (once + epochs * per_epoch)
+
+
+@dataclass(frozen=True)
+class TrainCost:
+    """FLOPs of one client-round, split by the arithmetic that runs them.
+
+    A device's compute time is ``fp32_flops / fp32 throughput + int8_flops / int8 throughput``.
+    """
+
+    fp32_flops: int
+    int8_flops: int
+
+
+def fake_quant_flops(calls: list[OpCall]) -> int:
+    """Forward and backward FLOPs of QAT's output fake quantisation over traced ``calls``."""
+    return sum(
+        (FAKE_QUANT_FLOPS + ELEMENTWISE_FLOPS) * math.prod(call.out.shape)
+        for call in calls
+        if call.op in QUANTIZED_OPS
+    )
+
+
+def train_cost(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    mode: FineTuneMode | str,
+    samples: int,
+    epochs: int,
+    cache_features: bool = True,
+) -> TrainCost:
+    """Training FLOPs of a client-round in ``mode``, fp32 and int8 (module docstring conventions).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ``FeaturesClassifier`` (``int8_head`` needs its ``features``); not modified.
+    input_shape : tuple of int
+        ``(C, H, W)`` of one sample.
+    mode : FineTuneMode or str
+        ``full`` / ``bias``: ``train_flops`` (nothing cached, as ``train_in_mode`` runs them).
+        ``qat``: ``full`` plus ``fake_quant_flops``, all fp32. ``head``: the frozen backbone's
+        forward once per sample if ``cache_features``, else every epoch; the head every epoch.
+        ``int8_head``: as ``head``, with the backbone's forward in ``int8_flops``.
+    samples : int
+        Samples on the client.
+    epochs : int
+        Local epochs.
+    cache_features : bool
+        Whether ``head`` / ``int8_head`` compute the frozen features once
+        (``clients.training.train_in_mode``'s default).
+
+    Returns
+    -------
+    TrainCost
+        E.g. ``head`` cached: ``samples * (backbone_forward + epochs * head_total)``, all fp32.
+    """
+    mode = FineTuneMode(mode)
+    if mode in (FineTuneMode.FULL, FineTuneMode.BIAS):
+        return TrainCost(train_flops(model, input_shape, mode, samples, epochs), 0)
+    if mode is FineTuneMode.QAT:
+        full = train_flops(model, input_shape, FineTuneMode.FULL, samples, epochs)
+        calls = trace_training_forward(model, input_shape, 1, mode)
+        return TrainCost(full + samples * epochs * fake_quant_flops(calls), 0)
+    head = train_flops(
+        model, input_shape, FineTuneMode.HEAD, samples, epochs, cache_frozen_prefix=cache_features
+    )
+    if mode is FineTuneMode.HEAD:
+        return TrainCost(head, 0)
+    backbone_passes = samples * (1 if cache_features else epochs)
+    int8 = backbone_passes * count_flops(model.features, input_shape, FineTuneMode.FULL).forward
+    return TrainCost(head - int8, int8)

@@ -41,14 +41,16 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from clients.finetune import (
     FineTuneMode,
@@ -58,9 +60,18 @@ from clients.finetune import (
     trace_training_forward,
     trainable_names,
 )
+from clients.quantize import (
+    CHANNEL_QPARAM_BYTES,
+    QUANTIZED_OPS,
+    FakeQuantMode,
+    int8_weight_bytes,
+    quantize_backbone,
+)
 
 FP32_BYTES = 4
 INT64_BYTES = 8
+INT8_FUSED_OPS = frozenset({"batch_norm", "relu"})  # run inside the int8 conv before them
+FLOAT_NORM_OPS = frozenset({"group_norm", "layer_norm"})  # no int8 kernel: fp32 in the int8 graph
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,8 @@ def saved_for_backward(call: OpCall, sparse_backprop: bool = False) -> list[tupl
     group); ReLU saves its output, ReLU6 (hardtanh), hard-swish and hard-sigmoid their input;
     ``a * b`` saves ``b`` if ``a`` needs a gradient and ``a`` if ``b`` does; dropout on CPU is
     ``input * noise`` and saves the fp32 noise (a fused GPU kernel saves a 1-byte mask);
-    pooling to 1x1 (a mean), adds and views save only shapes.
+    pooling to 1x1 (a mean), adds and views save only shapes; max pooling saves its input and
+    int64 argmax indices; concatenation and channel shuffles (views and copies) save nothing.
 
     Parameters
     ----------
@@ -107,10 +119,14 @@ def saved_for_backward(call: OpCall, sparse_backprop: bool = False) -> list[tupl
         return []
     fresh = (id(call), "saved")  # a tensor made for backward, shared with nothing
     saved: list[TensorInfo | tuple[Hashable, int]] = []
+    # Weights are saved too, but are model state (dropped below) except the fake-quantised
+    # copies of QAT (see ``fake_quantized_call``).
     if call.op == "conv2d":
         saved = [x] if a["weight"].needs_grad or not sparse_backprop else []
+        saved += [a["weight"]]
     elif call.op == "linear":
         saved = [x] if a["weight"].needs_grad else []
+        saved += [a["weight"]] if x.needs_grad else []
     elif call.op == "batch_norm":
         stats = out.shape[1] * FP32_BYTES if a.get("training") else 0
         saved = [x, ((fresh, 1), stats), ((fresh, 2), stats)]
@@ -127,6 +143,8 @@ def saved_for_backward(call: OpCall, sparse_backprop: bool = False) -> list[tupl
         saved = [(fresh, math.prod(x.shape) * x.itemsize)]
     elif call.op == "adaptive_avg_pool2d" and a["output_size"] not in (1, (1, 1), [1, 1]):
         saved = [x]
+    elif call.op == "max_pool2d":  # the input and the int64 argmax indices, one per output
+        saved = [x, (fresh, math.prod(out.shape) * INT64_BYTES)]
     return [
         (t.storage, t.nbytes) if isinstance(t, TensorInfo) else t
         for t in saved
@@ -134,10 +152,83 @@ def saved_for_backward(call: OpCall, sparse_backprop: bool = False) -> list[tupl
     ]
 
 
-def working_set(call: OpCall) -> int:
-    """Bytes of ``call``'s distinct non-state inputs and output: alive while it runs."""
+def fake_quantized_call(call: OpCall) -> tuple[OpCall, list[tuple[Hashable, int]]]:
+    """``call`` as QAT runs it, and the tensors its fake-quant ops save (``clients.quantize``).
+
+    A conv / linear in the graph computes with a fake-quantised *copy* of its weight (fp32,
+    not model state, so saving it costs memory), and fake-quantises its output. Each
+    ``fake_quantize_*`` op saves a 1-byte mask of where its input was inside the clamping
+    range, for the straight-through gradient: the weight's mask if the weight trains, the
+    output's if it needs a gradient. The raw conv output is saved by nothing, and its
+    fake-quantised replacement has the same size, so downstream ops are unchanged.
+    """
+    if call.op not in QUANTIZED_OPS or not call.out.needs_grad:
+        return call, []
+    weight = call.args["weight"]
+    copy_ = replace(weight, storage=(id(call), "weight"), is_state=False)
+    masks = [((id(call), "out_mask"), math.prod(call.out.shape))]
+    if weight.needs_grad:
+        masks.append(((id(call), "weight_mask"), math.prod(weight.shape)))
+    return replace(call, args=call.args | {"weight": copy_}), masks
+
+
+def working_set(call: OpCall, itemsize: int | None = None) -> int:
+    """Bytes of ``call``'s distinct non-state inputs and output: alive while it runs.
+
+    ``itemsize`` overrides every tensor's element width (1 for an int8 runtime's tensors).
+    """
     tensors = [v for v in call.args.values() if isinstance(v, TensorInfo)] + [call.out]
-    return sum({t.storage: t.nbytes for t in tensors if not t.is_state}.values())
+    sizes = {
+        t.storage: t.nbytes if itemsize is None else t.nbytes // t.itemsize * itemsize
+        for t in tensors
+        if not t.is_state
+    }
+    return sum(sizes.values())
+
+
+def int8_backbone_weight_bytes(backbone: nn.Module) -> int:
+    """Estimated bytes of ``backbone`` once post-training-quantised, from its float structure.
+
+    Mirrors ``clients.quantize.int8_weight_bytes``: every conv / linear weight at 1 byte, plus
+    an fp32 scale and int32 zero point per output channel and its fp32 bias if it has one; a
+    BatchNorm folds into the conv before it and leaves one fp32 bias per channel; any other
+    parameter (GroupNorm's) stays fp32.
+    """
+    total = 0
+    for module in backbone.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            total += module.weight.numel() + module.weight.shape[0] * CHANNEL_QPARAM_BYTES
+            total += 0 if module.bias is None else module.bias.numel() * FP32_BYTES
+        elif isinstance(module, _BatchNorm):
+            total += module.num_features * FP32_BYTES
+        else:
+            total += sum(p.numel() * FP32_BYTES for p in module.parameters(recurse=False))
+    return total
+
+
+def int8_forward_peak(
+    model: nn.Module, input_shape: tuple[int, int, int], batch: int, head_calls: list[OpCall]
+) -> int:
+    """Working set of ``int8_head``'s forward: the int8 backbone, then the float pooling and head.
+
+    Inside the backbone every tensor is 1 byte per element, and BatchNorm and ReLU run fused
+    into the conv before them (``quantize_fx`` fuses conv-bn-relu into one int8 kernel, so
+    only the fused op's input and output are alive; ReLU6 and hard-swish stay separate ops).
+    Norms without an int8 kernel (GroupNorm) run in fp32 between a dequantise and a quantise.
+    At the backbone's ends the fp32 input is quantised and the int8 features dequantised (both
+    copies alive for that op); after it, ``head_calls`` (pooling and classifier, traced in
+    fp32) run as usual.
+    """
+    backbone_calls = trace_training_forward(model.features, input_shape, batch, FineTuneMode.FULL)
+    image = batch * math.prod(input_shape)
+    features = math.prod(backbone_calls[-1].out.shape)
+    int8 = [
+        working_set(call, itemsize=FP32_BYTES if call.op in FLOAT_NORM_OPS else 1)
+        for call in backbone_calls
+        if call.op not in INT8_FUSED_OPS
+    ]
+    boundaries = [image * (FP32_BYTES + 1), features * (1 + FP32_BYTES)]
+    return max(*int8, *boundaries, *(working_set(call) for call in head_calls))
 
 
 def loss_saved_bytes(logits: TensorInfo) -> int:
@@ -183,20 +274,53 @@ def estimate_train_memory(
         Each component in bytes; saved activations are counted once per storage, as autograd
         keeps one tensor however many ops save it.
     """
+    mode = FineTuneMode(mode)
     calls = trace_training_forward(model, input_shape, batch, mode)
     saved: dict[Hashable, int] = {}
     for call in calls:
+        if mode is FineTuneMode.QAT:
+            call, masks = fake_quantized_call(call)
+            saved.update(masks)
         saved.update(saved_for_backward(call, sparse_backprop))
     names = trainable_names(model, mode)
     trainable = sum(p.numel() for name, p in model.named_parameters() if name in names)
+    weights = math.ceil(sum(p.numel() for p in model.parameters()) * weight_bits / 8)
+    forward_peak = max(working_set(call) for call in calls)
+    if mode is FineTuneMode.INT8_HEAD:
+        # The int8 copy replaces the float backbone on the phone; the head stays fp32.
+        head = [p for name, p in model.named_parameters() if not name.startswith("features.")]
+        weights = int8_backbone_weight_bytes(model.features) + sum(
+            math.ceil(p.numel() * weight_bits / 8) for p in head
+        )
+        backbone_calls = len(trace_training_forward(model.features, input_shape, 1, "full"))
+        forward_peak = int8_forward_peak(model, input_shape, batch, calls[backbone_calls:])
     return MemoryEstimate(
-        weights=math.ceil(sum(p.numel() for p in model.parameters()) * weight_bits / 8),
+        weights=weights,
         gradients=trainable * FP32_BYTES,
         optimizer_state=trainable * FP32_BYTES if momentum else 0,
         # The last call makes the model's output: the logits the loss saves its inputs from.
         activations=sum(saved.values()) + loss_saved_bytes(calls[-1].out),
-        forward_peak=max(working_set(call) for call in calls),
+        forward_peak=forward_peak,
     )
+
+
+class _WorkingSetInterpreter(torch.fx.Interpreter):
+    """Runs an FX graph node by node, recording the largest input + output bytes of one node.
+
+    Sees every op of the int8 backbone, including the functional ones (quantise, residual
+    ``quantized.add``, dequantise) that module hooks miss. Graph constants (``get_attr``:
+    scales, zero points) are model state and not counted.
+    """
+
+    peak = 0
+
+    def run_node(self, n: torch.fx.Node) -> object:
+        out = super().run_node(n)
+        if n.op in ("call_module", "call_function", "call_method"):
+            values = [self.env[a] for a in n.all_input_nodes if a.op != "get_attr"] + [out]
+            sizes = {t.data_ptr(): t.numel() * t.element_size() for t in values if isinstance(t, Tensor)}
+            self.peak = max(self.peak, sum(sizes.values()))
+        return out
 
 
 def measure_train_memory(
@@ -205,6 +329,7 @@ def measure_train_memory(
     batch: int,
     mode: FineTuneMode | str,
     momentum: bool = True,
+    int8_backbone: nn.Module | None = None,
 ) -> MemoryEstimate:
     """Measure the memory of one real SGD step on a copy of ``model`` (the check on the estimate).
 
@@ -216,12 +341,26 @@ def measure_train_memory(
     forward hooks; functional ops in ``forward`` methods (residual adds, squeeze-excite
     products, the final pooling) are not modules and so not seen, which in the MobileNets
     never hides the maximum: a depthwise conv's input and output are at least as large.
+
+    ``qat`` runs the step under ``clients.quantize.FakeQuantMode``. ``int8_head`` swaps the
+    copy's ``features`` for the real int8 backbone (``clients.quantize.quantize_backbone``,
+    calibrated on the same random batch): its weights are ``int8_weight_bytes`` of the
+    quantised modules, and every node of its graph is seen by ``_WorkingSetInterpreter``.
+    Pass ``int8_backbone`` to reuse one already quantised (PTQ takes seconds).
     """
+    mode = FineTuneMode(mode)
     model = copy.deepcopy(model)
     apply_mode(model, mode)
+    x = torch.randn(batch, *input_shape)
+    peak = 0
+    if mode is FineTuneMode.INT8_HEAD:
+        backbone = int8_backbone or quantize_backbone(model.features, x)
+        interpreter = _WorkingSetInterpreter(backbone)
+        interpreter.run(x)
+        peak = interpreter.peak
+        model.features = backbone  # the phone holds the int8 backbone, not the float one
     state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
-    peak = 0
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
@@ -239,8 +378,8 @@ def measure_train_memory(
     hooks = [m.register_forward_hook(working_set_hook) for m in leaves]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9 if momentum else 0.0)
-    x = torch.randn(batch, *input_shape)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    fake_quant = FakeQuantMode(model) if mode is FineTuneMode.QAT else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fake_quant:
         logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
     loss.backward()
@@ -251,8 +390,12 @@ def measure_train_memory(
     def nbytes(tensors: object) -> int:
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
 
+    weights = nbytes(model.parameters())
+    if mode is FineTuneMode.INT8_HEAD:
+        head = (p for name, p in model.named_parameters() if not name.startswith("features."))
+        weights = int8_weight_bytes(model.features) + nbytes(head)
     return MemoryEstimate(
-        weights=nbytes(model.parameters()),
+        weights=weights,
         gradients=nbytes(p.grad for p in model.parameters()),
         optimizer_state=nbytes(v for s in optimizer.state.values() for v in s.values()),
         activations=sum(saved.values()),

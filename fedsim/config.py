@@ -9,6 +9,7 @@ typo costs a second, not a Ray start-up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,10 @@ class Simulation:
     min_completed: int  # fewer completed phones than this: the round is not aggregated
     checkpoint_every: int  # write checkpoint.pkl every n rounds (and at the end)
     eval_batch_size: int
+    deadline_s: float | None  # simulated seconds a phone has to finish; later: `straggler`
+    overcommit: float  # sample (1 + overcommit) x clients_per_round, keep the first finishers
+    target_accuracy: float | None  # summary reports the simulated time to reach it
+    start_hour: float  # local hour of day at simulated time 0 (availability curves)
     local: LocalTraining
     backend: Backend
 
@@ -143,11 +148,39 @@ class Simulation:
             "simulation.min_completed",
             f"must be >= 0, got {self.min_completed}",
         )
+        _require(
+            self.deadline_s is None or self.deadline_s > 0,
+            "simulation.deadline_s",
+            f"must be > 0 or null, got {self.deadline_s}",
+        )
+        _require(
+            self.overcommit >= 0, "simulation.overcommit", f"must be >= 0, got {self.overcommit}"
+        )
+        _require(
+            self.overcommit == 0 or self.sampling == "fixed",
+            "simulation.overcommit",
+            "over-selection needs simulation.sampling=fixed",
+        )
+        _require(
+            self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+            "simulation.target_accuracy",
+            f"must be in (0, 1] or null, got {self.target_accuracy}",
+        )
+        _require(
+            0 <= self.start_hour < 24,
+            "simulation.start_hour",
+            f"must be in [0, 24), got {self.start_hour}",
+        )
+
+    @property
+    def sampled_per_round(self) -> int:
+        """Phones drawn each round: the cohort plus the over-selection (FedScale's overcommit)."""
+        return min(math.ceil(self.clients_per_round * (1 + self.overcommit)), self.population)
 
     @property
     def num_slots(self) -> int:
         """Supernodes to start: slots are reused, so more than a cohort is never useful."""
-        return min(self.slots or self.clients_per_round, self.clients_per_round)
+        return min(self.slots or self.sampled_per_round, self.sampled_per_round)
 
 
 @dataclass(frozen=True)
@@ -182,10 +215,35 @@ def parse_faults(cfg: DictConfig) -> Faults:
     return _parse(cfg, "faults", Faults)
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """The ``finetune`` group: how much of the student the phones train (``clients.finetune``).
+
+    A tier's profile may override ``mode`` (``fleet.tiers.<tier>.finetune``), and
+    ``budget.policy=adapt`` may fall back to a cheaper mode for a phone that cannot fit it.
+    """
+
+    mode: str
+    cache_features: bool  # head / int8_head: run the frozen backbone once per client-round
+
+    def __post_init__(self) -> None:
+        from clients.finetune import FineTuneMode  # the device side owns the list of modes
+
+        modes = [m.value for m in FineTuneMode]
+        _require(
+            self.mode in modes, "finetune.mode", f"no mode {self.mode!r} (choose from {', '.join(modes)})"
+        )
+
+
+def parse_finetune(cfg: DictConfig) -> FineTune:
+    """Type-check ``cfg.finetune``."""
+    return _parse(cfg, "finetune", FineTune)
+
+
 # Config groups whose node is instantiated from a `_target_`.
 TARGET_GROUPS = (
     "dataset", "partition", "model", "norm", "strategy", "privacy", "audit", "secagg", "attack",
-    "update", "update.compression",
+    "update", "update.compression", "fleet", "availability", "budget", "pretrain",
 )
 
 

@@ -43,3 +43,9 @@ PAYLOAD = "fedsim.payload"  # the reply's ConfigRecord of payload metadata
 PAYLOAD_KIND = "payload-kind"  # in PAYLOAD: weights | delta | gradient (fedsim.updates)
 UPDATE_KIND = "fedsim.update-kind"  # MetricRecord: index into fedsim.updates.KINDS
 PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload size
+
+# --- On-device training (issue 3: server -> client config) ------------------------------------
+# The fine-tuning mode the server's memory-budget policy chose for this phone this round; the
+# batch size it chose travels as BATCH_SIZE above.
+FINETUNE_MODE = "fedsim.finetune-mode"
+CACHE_FEATURES = "fedsim.cache-features"  # head / int8_head: run the frozen backbone once

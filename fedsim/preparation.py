@@ -3,7 +3,9 @@
 Everything that can reject the user's input runs here: config types and ranges, ``_target_``
 imports, dataset files, the partition, the strategy class, the privacy and update options, and
 the combinations that cannot work (DP with BatchNorm, secure aggregation with robust
-aggregators). Each failure is one line naming what to fix.
+aggregators, over-selection with DP). The simulated fleet (device profiles, availability, the
+memory-budget policy, the fine-tuning mode) and the server's pre-training on its proxy split are
+built here too. Each failure is one line naming what to fix.
 """
 
 from __future__ import annotations
@@ -20,24 +22,29 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
+from clients.budget import MemoryBudget
 from fedsim.config import (
     ConfigError,
     Faults,
+    FineTune,
     Simulation,
     locate_targets,
     parse_faults,
+    parse_finetune,
     parse_simulation,
     to_plain,
 )
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
 from fedsim.errors import UserInputError
+from fedsim.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.audit import MembershipAudit, NoAudit
 from fedsim.privacy.plan import PrivacyPlan
+from fedsim.pretrain import Pretraining, load_pretrained, pretrained_state
 from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.server.sampler import CohortSampler
-from fedsim.updates import UpdateRule
+from fedsim.updates import GRADIENT, UpdateRule
 
 
 @dataclass
@@ -56,6 +63,11 @@ class Prepared:
     faults: Faults
     update: UpdateRule
     threat: ThreatModel | None  # Byzantine clients, if any
+    fleet: Fleet
+    availability: Any  # is_online(client_id, profile, sim_time_s, server_round, seed)
+    budget: MemoryBudget
+    finetune: FineTune
+    pretraining: Pretraining
 
 
 def check_strategy_class(target: str) -> None:
@@ -136,10 +148,14 @@ def build_privacy(
     )
 
 
-def instantiate_option(group: str, node: DictConfig) -> Any:
-    """Instantiate a config group's option; its own one-line errors pass through."""
+def instantiate_option(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a config group's option; its own one-line errors pass through.
+
+    Lists in the node arrive as plain lists (``_convert_="all"``), so frozen dataclasses can
+    keep them as tuples.
+    """
     try:
-        return instantiate(node)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
@@ -159,22 +175,58 @@ def refuse_batch_statistics(builder: ModelBuilder, privacy: PrivacyPlan) -> None
         )
 
 
+def check_fleet(
+    settings: Simulation, fleet: Fleet, finetune: FineTune, budget: MemoryBudget,
+    update: UpdateRule, privacy: PrivacyPlan,
+) -> None:
+    """Refuse device settings that cannot work together.
+
+    - Over-selection keeps the first finishers, so who is aggregated depends on speed: DP's
+      accounting assumes a cohort sampled independently of the data and the device, and the
+      sampling-amplification bound would no longer hold.
+    - A FedSGD gradient (``update.kind=gradient``) is one full-batch gradient of every
+      parameter; it has no fine-tuning mode.
+    """
+    if settings.overcommit > 0 and privacy.accountant is not None:
+        raise ConfigError(
+            "simulation.overcommit: over-selection keeps the fastest phones, which breaks DP's "
+            "sampling assumption; use overcommit=0 with privacy"
+        )
+    modes = {finetune.mode} | {p.finetune for p in fleet.tiers.values() if p.finetune}
+    if budget.policy == "adapt":
+        modes |= set(budget.fallback)
+    if update.kind == GRADIENT and modes != {"full"}:
+        raise ConfigError(
+            f"finetune.mode: update.kind=gradient sends a full-batch gradient of every parameter; "
+            f"fine-tuning mode(s) {', '.join(sorted(modes - {'full'}))} need kind weights or delta"
+        )
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate ``cfg`` and build data, population, model recipe and strategy."""
     settings = parse_simulation(cfg)
     locate_targets(cfg)
     audit = instantiate_option("audit", cfg.audit)
-    # Held-out audit clients get shards of the same partition but are never sampled.
+    finetune = parse_finetune(cfg)
+    pretraining = instantiate_option("pretrain", cfg.pretrain)
+    fleet = instantiate_option("fleet", cfg.fleet, seed=settings.seed)
+    availability = instantiate_option("availability", cfg.availability)
+    budget = instantiate_option("budget", cfg.budget)
+    # Held-out audit clients get shards of the same partition but are never sampled. The
+    # server's proxy split (pre-training) is held out of every shard.
     shards = ShardSource.from_config(
         to_plain(cfg.dataset), to_plain(cfg.partition),
         settings.population + audit.holdout_clients, settings.seed,
+        proxy_fraction=pretraining.fraction, proxy_seed=pretraining.seed,
     )
     splits, _ = shards.load()  # data-file and partition errors surface here
     builder = ModelBuilder.from_config(
         to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
     )
+    # With over-selection the sampler draws the larger cohort; the device simulation keeps the
+    # first `clients_per_round` finishers.
     sampler = CohortSampler(
-        settings.population, settings.clients_per_round, settings.seed, settings.sampling
+        settings.population, settings.sampled_per_round, settings.seed, settings.sampling
     )
     update = build_update(cfg["update"])  # not cfg.update: DictConfig.update is a method
     threat = build_threat(
@@ -187,16 +239,35 @@ def prepare(cfg: DictConfig) -> Prepared:
     refuse_batch_statistics(builder, privacy)
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(privacy.strategy)
+    check_fleet(settings, fleet, finetune, budget, update, privacy)
     faults = parse_faults(cfg)
     if faults.slow_client_rate and settings.client_timeout_s is None:
         raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
     return Prepared(
         settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg,
-        faults, update, threat,
+        faults, update, threat, fleet, availability, budget, finetune, pretraining,
     )
 
 
 def initial_model(prepared: Prepared) -> torch.nn.Module:
-    """The seeded initial global model (the server's initialisation is part of the seed)."""
+    """The initial global model (see :func:`starting_point`)."""
+    return starting_point(prepared)[0]
+
+
+def starting_point(prepared: Prepared) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The initial global model, and the pre-training report (``None`` without pre-training).
+
+    Without pre-training the model is the seeded initialisation (part of the run seed). With it,
+    the server's pre-trained student (:mod:`fedsim.pretrain`, cached on disk) replaces it: its
+    weights depend on ``pretrain.*`` and not on the run seed, so runs that differ in seed,
+    fine-tuning mode or fleet all start from the same student.
+    """
     torch.manual_seed(prepared.settings.seed)
-    return prepared.builder()
+    model = prepared.builder()
+    if not prepared.pretraining.enabled:
+        return model, None
+    state, report = pretrained_state(
+        prepared.pretraining, prepared.builder, prepared.shards, test=prepared.splits.test
+    )
+    load_pretrained(model, state)
+    return model, report

@@ -31,19 +31,20 @@ from fedsim import checkpoint, engine
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.config import Simulation
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.preparation import Prepared, initial_model, prepare
+from fedsim.preparation import Prepared, prepare, starting_point
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
 from fedsim.reporting.run_log import RoundRecord
-from fedsim.reporting.summary import summarize, write_summary
+from fedsim.reporting.summary import device_report, summarize, write_summary
 from fedsim.run_state import RunState
+from fedsim.server.devices import DeviceSimulation, model_bytes
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.server_app import make_server_app
 from fedsim.server.updates import DecodeUpdates
 from fedsim.server.virtual_clients import VirtualClients
-from fedsim.updates import UpdateRule
+from fedsim.updates import GRADIENT, UpdateRule
 
 
 def run(
@@ -59,11 +60,13 @@ def run(
     settings = prepared.settings
     torch.set_num_threads(settings.backend.num_cpus or os.cpu_count() or 1)  # server evaluation
 
-    model = initial_model(prepared)
+    model, pretrain_report = starting_point(prepared)
     arrays = ArrayRecord(exchangeable_state(model))
+    devices = device_simulation(prepared, model, arrays)
     restored: list[RoundRecord] = []
     if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
         arrays, restored = restore(prepared, checkpoint.load(out_dir))
+        devices.sim_time_s = restored[-1].sim_time_s if restored else 0.0
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
     residuals = residual_files(out_dir, prepared.update, fresh=not restored)
     state = RunState(
@@ -88,12 +91,12 @@ def run(
         min_completed=settings.min_completed,
     )
     faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
-    clients = VirtualClients(
-        decoding(prepared, model), prepared.sampler, faults if prepared.faults.any else None
-    )
+    # The device simulation decides first (a phone it drops gets no fault either).
+    instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
+    clients = VirtualClients(decoding(prepared, model), prepared.sampler, instructions)
     stop = threading.Event()
     server_app = make_server_app(
-        clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, stop
+        clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, devices, stop
     )
     display.start()
     try:
@@ -110,6 +113,9 @@ def run(
             **prepared.privacy.final_report(),
             **prepared.secagg.report([r.secagg for r in state.records if r.secagg]),
             **update_report(prepared, len(state.records)),
+            **device_report(state.records, settings.target_accuracy),
+            "finetune": prepared.finetune.mode,
+            "pretrain": pretrain_report,
         }
         if residuals is not None and outcome["stopped"] in FINAL:  # can be GBs; resume needs them
             shutil.rmtree(residuals.directory, ignore_errors=True)
@@ -119,6 +125,23 @@ def run(
 
 # Ways a run can end after which it will not be resumed (its residuals can go).
 FINAL = ("completed", "privacy_budget")
+
+
+def device_simulation(
+    prepared: Prepared, model: torch.nn.Module, arrays: ArrayRecord
+) -> DeviceSimulation:
+    """The simulated fleet's admissions and clock for this run (:mod:`fedsim.server.devices`)."""
+    settings = prepared.settings
+    partition = prepared.shards.load()[1]
+    return DeviceSimulation(
+        fleet=prepared.fleet, availability=prepared.availability, budget=prepared.budget,
+        finetune=prepared.finetune, model=model, input_shape=prepared.splits.input_shape,
+        batch_size=settings.local.batch_size, epochs=settings.local.epochs,
+        samples=partition.size, model_bytes=model_bytes(arrays), seed=settings.seed,
+        deadline_s=settings.deadline_s, start_hour=settings.start_hour,
+        needed=settings.clients_per_round if settings.overcommit > 0 else None,
+        one_pass=prepared.update.kind == GRADIENT,
+    )
 
 
 def client_environment(

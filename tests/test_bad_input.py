@@ -58,6 +58,15 @@ ROWS = [
     ("DP with an unprotectable layer", ["privacy=central_dp", "norm=batch"],
      "norm: privacy=central_dp cannot protect BatchNorm"),
     ("resume dir that is not a run dir", ["resume=/tmp"], "resume: /tmp is not a fedsim run"),
+    ("device profile with impossible numbers", ["fleet=mixed", "fleet.tiers.low_end.ram_mb=0"],
+     "fleet.tiers.low_end.ram_mb (conf/device/low_end.yaml): must be > 0, got 0"),
+    ("fleet shares that do not sum to 1", ["fleet=mixed", "fleet.mix.low_end=0.9"],
+     "fleet.mix: shares must sum to 1, got 1.4"),
+    ("unknown fine-tuning mode", ["finetune.mode=lora"], "finetune.mode: no mode 'lora'"),
+    ("missing availability trace", ["availability=trace", "availability.path=/nonexistent.csv"],
+     "availability.path: /nonexistent.csv"),
+    ("over-selection with DP", ["privacy=central_dp", "norm=group", "simulation.overcommit=0.5"],
+     "simulation.overcommit: over-selection keeps the fastest phones"),
 ]
 
 

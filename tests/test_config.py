@@ -32,7 +32,9 @@ def make_cfg(*overrides: str):
 def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("dataset") == ["digits", "fashion_mnist"]
     assert options("partition") == ["dirichlet", "iid", "shards"]
-    assert options("model") == ["mobilenet_v2", "mobilenet_v3_small"]
+    assert options("model") == [
+        "ghostnet", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2", "squeezenet"
+    ]
     assert options("norm") == ["batch", "group", "none"]
     assert options("privacy") == ["central_dp", "central_dp_adaptive", "local_dp", "none"]
     assert options("audit") == ["membership", "none"]
@@ -42,6 +44,11 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     )
     assert options("attack") == ["gaussian", "label_flip", "none", "scale", "sign_flip"]
     assert options("update.compression") == ["int8", "none", "topk", "topk_int8"]
+    assert options("fleet") == ["mixed", "stress_low_end", "uniform_mid"]
+    assert options("device") == ["flagship", "low_end", "mid_range", "wearable"]
+    assert options("availability") == ["always", "diurnal", "trace"]
+    assert options("finetune") == ["bias", "full", "head", "int8_head", "qat"]
+    assert options("pretrain") == ["none", "proxy"]
 
 
 @pytest.mark.parametrize("attack", options("attack"))

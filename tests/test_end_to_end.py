@@ -79,3 +79,32 @@ def test_user_strategy_by_target(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["strategy"] == "NormWeightedFedAvg"
     assert [r["completed"] for r in rounds(tmp_path)] == [4, 4]
+
+
+def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
+    """A mixed fleet under `adapt` from a pre-trained student: each tier trains as it can."""
+    run_cli(
+        tmp_path / "run", "fleet=mixed", "budget.policy=adapt",
+        "fleet.tiers.low_end.ram_mb=8",  # room for head-only training only
+        "fleet.tiers.flagship.finetune=int8_head",  # a per-tier mode
+        "simulation.clients_per_round=8", "simulation.target_accuracy=0.05",
+        "pretrain=proxy", "pretrain.fraction=0.2", "pretrain.epochs=2", "pretrain.batch_size=8",
+        "pretrain.lr=0.02", f"pretrain.cache_dir={tmp_path / 'cache'}", "audit=none",
+    )
+    records = rounds(tmp_path / "run")
+    trained: dict[str, set[str]] = {}
+    for r in records:
+        assert r["completed"] == 8 and not r["dropped"]
+        for tier, entry in r["tiers"].items():
+            trained.setdefault(tier, set()).update(entry["trained"])
+    assert trained == {"low_end": {"head@8"}, "mid_range": {"full@8"}, "flagship": {"int8_head@8"}}
+    # The clock: cumulative simulated time is the sum of the rounds' durations.
+    assert records[1]["sim_time_s"] == pytest.approx(records[0]["round_sim_s"] + records[1]["round_sim_s"])
+    assert all(r["round_sim_s"] > 0 and r["energy_j"] > 0 for r in records)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sim_time_s"] == records[-1]["sim_time_s"]
+    assert summary["energy_j"] == pytest.approx(sum(r["energy_j"] for r in records))
+    assert summary["time_to_target_s"] == records[0]["sim_time_s"]  # any model beats 5 %
+    pretrain = summary["pretrain"]
+    assert pretrain["cache"] == "miss" and pretrain["proxy_samples"] == round(0.2 * 1437)
+    assert pretrain["test_accuracy"] > 0.3  # chance is 0.1

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from clients.flops import count_flops, train_flops
+from clients.flops import TrainCost, count_flops, train_cost, train_flops
 from fedsim.models.mobilenet_v2 import mobilenet_v2
 
 torch.set_num_threads(1)
@@ -65,3 +65,36 @@ def test_bias_mode_backward_has_input_gradients_but_few_weight_gradients(v2: nn.
     bias = count_flops(v2, (1, 28, 28), "bias")
     # Input gradients everywhere (about one forward), but no conv weight gradients.
     assert 0.9 * full.forward < bias.backward < 1.2 * full.forward
+
+
+def test_qat_cost_adds_fake_quant_of_each_conv_output_by_hand() -> None:
+    # Full: (43,200 forward + 43,200 weight gradient) per sample and epoch (first test). QAT
+    # fake-quantises the 8 * 10 * 10 = 800 outputs: 4 FLOPs forward + 1 for the mask = 4,000.
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    samples, epochs = 5, 2
+    assert train_cost(conv, (3, 10, 10), "full", samples, epochs) == TrainCost(10 * 86_400, 0)
+    assert train_cost(conv, (3, 10, 10), "qat", samples, epochs) == TrainCost(10 * 90_400, 0)
+
+
+def test_head_and_int8_head_costs_by_hand(v2: nn.Module) -> None:
+    shape, samples, epochs = (1, 28, 28), 40, 5
+    # The head is Dropout(1280) + Linear(1280 -> 10): per sample 1,280 for the dropout and
+    # 25,600 forward + 25,600 weight gradient for the linear, every epoch.
+    head_total = 1280 + 2 * 25_600
+    frozen_forward = count_flops(v2, shape, "head").forward - 1280 - 25_600  # backbone + pool
+    cached = train_cost(v2, shape, "head", samples, epochs)
+    assert cached == TrainCost(samples * (frozen_forward + epochs * head_total), 0)
+    uncached = train_cost(v2, shape, "head", samples, epochs, cache_features=False)
+    assert uncached.fp32_flops == train_flops(v2, shape, "head", samples, epochs)
+    # int8_head: the same total, with the backbone's forward moved to int8 (once per sample
+    # cached, once per sample and epoch uncached); pooling and head stay fp32.
+    backbone = count_flops(v2.features, shape).forward
+    int8 = train_cost(v2, shape, "int8_head", samples, epochs)
+    assert int8 == TrainCost(cached.fp32_flops - samples * backbone, samples * backbone)
+    int8_uncached = train_cost(v2, shape, "int8_head", samples, epochs, cache_features=False)
+    assert int8_uncached.int8_flops == samples * epochs * backbone
+    assert sum(vars(int8_uncached).values()) == uncached.fp32_flops
+    # Full and bias are train_flops, all fp32.
+    for mode in ("full", "bias"):
+        expected = train_flops(v2, shape, mode, samples, epochs)
+        assert train_cost(v2, shape, mode, samples, epochs) == TrainCost(expected, 0)

@@ -5,8 +5,9 @@ from flwr.app import ConfigRecord
 from torch import nn
 
 from clients.client_app import local_seed, recipe_for_round
-from clients.training import LocalRecipe, proximal_term, train_locally
+from clients.training import LocalRecipe, proximal_term, train_in_mode, train_locally
 from fedsim import keys
+from fedsim.models.mobilenet_v2 import mobilenet_v2
 
 
 def one_weight_model(w: float) -> nn.Module:
@@ -79,3 +80,46 @@ def test_local_seed_differs_by_round_and_client() -> None:
     seeds = {local_seed(0, r, c) for r in range(1, 4) for c in range(5)}
     assert len(seeds) == 15
     assert local_seed(0, 1, 1) == local_seed(0, 1, 1)
+
+
+def digits_student() -> nn.Module:
+    torch.manual_seed(0)
+    return mobilenet_v2(num_classes=10, in_channels=1, input_size=8, width_mult=0.5, dropout=0.2)
+
+
+def test_head_with_cached_features_matches_the_uncached_update() -> None:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(20, 1, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g)
+    recipe = LocalRecipe(3, 8, 0.1, momentum=0.9, weight_decay=1e-3, proximal_mu=0.1)
+    heads, results = [], []
+    for cache in (True, False):
+        model = digits_student()
+        torch.manual_seed(7)  # the classifier's dropout draws the same masks in both paths
+        results.append(
+            train_in_mode(model, x, y, recipe, torch.Generator().manual_seed(1), "head", cache)
+        )
+        heads.append([p.detach().clone() for p in model.classifier.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*heads, strict=True))
+    assert not torch.equal(heads[0][0], digits_student().classifier[1].weight)
+    assert results[0].steps == results[1].steps == 9
+    assert abs(results[0].mean_loss - results[1].mean_loss) < 1e-5
+
+
+def test_frozen_backbone_batchnorm_stays_frozen_in_train_in_mode() -> None:
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for mode, frozen in (("head", True), ("int8_head", True), ("bias", False)):
+        model = digits_student()
+        bn = next(m for m in model.features.modules() if isinstance(m, nn.BatchNorm2d))
+        before = bn.running_mean.clone()
+        train_in_mode(model, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), mode, False)
+        assert torch.equal(bn.running_mean, before) == frozen, mode
+
+
+def test_full_mode_is_train_locally() -> None:
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    a, b = digits_student(), digits_student()
+    torch.manual_seed(5)
+    train_locally(a, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    train_in_mode(b, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), "full")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -44,9 +44,11 @@ class RoundProgress:
             self._bar.update(self._task, completed=record.round, accuracy=f"acc {accuracy}")
         elif self.fancy is False:
             failed = f" failed={record.failed}" if record.failed else ""
+            dropped = "".join(f" {reason}={n}" for reason, n in record.dropped.items())
             print(
                 f"round {record.round}/{self.rounds} acc={accuracy} "
-                f"clients={record.completed}/{record.sampled}{failed} "
+                f"clients={record.completed}/{record.sampled}{failed}{dropped} "
+                f"sim={record.sim_time_s:.0f}s "
                 f"elapsed={record.elapsed_wall_s:.1f}s",
                 flush=True,
             )

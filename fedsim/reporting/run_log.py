@@ -29,7 +29,8 @@ class RoundRecord:
     sampled: int
     completed: int
     failed: int
-    failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count (errors, timeouts)
+    dropped: dict[str, int] = field(default_factory=dict)  # device-side drops: offline, oom, ...
     aggregated: bool = True  # False: fewer than simulation.min_completed phones completed
     recovered: int = 0  # replies Ray re-ran after their actor died mid-message
     num_examples: int = 0  # training samples behind this round's aggregate
@@ -37,6 +38,10 @@ class RoundRecord:
     clipping_norm: float | None = None  # DP clipping norm applied this round (None without DP)
     clients: list[int] = field(default_factory=list)  # virtual clients whose update was used
     secagg: dict | None = None  # secure-aggregation cost model's figures (None: no secagg)
+    sim_time_s: float = 0.0  # simulated time at the end of this round (fedsim.clock)
+    round_sim_s: float = 0.0  # simulated duration of this round
+    energy_j: float = 0.0  # simulated energy of the phones that trained this round
+    tiers: dict = field(default_factory=dict)  # per device tier: sampled, trained by mode, dropped
     wall_s: float = 0.0  # this round, host wall clock
     elapsed_wall_s: float = 0.0  # since the first round started
     client_wall_s: float = 0.0  # sum of the completed clients' local training time

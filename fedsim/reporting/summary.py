@@ -40,5 +40,54 @@ def summarize(
     return summary
 
 
+def device_report(
+    records: list[RoundRecord], target_accuracy: float | None = None
+) -> dict[str, Any]:
+    """The simulated-fleet figures of a run, summed from its round records.
+
+    ``sim_time_s`` is the simulated time at the end of the last round (each round lasts until
+    its slowest kept phone finished, or until the deadline when a phone missed it; see
+    :mod:`fedsim.clock`). ``time_to_target_s`` is the simulated time at the end of the first
+    evaluated round whose accuracy reached ``target_accuracy`` (``None``: never reached, or no
+    target). ``tiers`` sums each tier's per-round counts.
+
+    Examples
+    --------
+    >>> r = [RoundRecord(round=1, accuracy=0.5, loss=0.5, train_loss=1.0, sampled=2,
+    ...                  completed=2, failed=0, sim_time_s=10.0, energy_j=3.0),
+    ...      RoundRecord(round=2, accuracy=0.9, loss=0.1, train_loss=0.5, sampled=2,
+    ...                  completed=1, failed=0, dropped={"oom": 1}, sim_time_s=25.0,
+    ...                  energy_j=2.0)]
+    >>> rep = device_report(r, target_accuracy=0.8)
+    >>> rep["sim_time_s"], rep["energy_j"], rep["dropped"], rep["time_to_target_s"]
+    (25.0, 5.0, {'oom': 1}, 25.0)
+    """
+    dropped: dict[str, int] = {}
+    tiers: dict[str, dict] = {}
+    for record in records:
+        for reason, n in record.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        for tier, entry in record.tiers.items():
+            total = tiers.setdefault(tier, {"sampled": 0, "trained": {}, "dropped": {}})
+            total["sampled"] += entry["sampled"]
+            for part in ("trained", "dropped"):
+                for label, n in entry[part].items():
+                    total[part][label] = total[part].get(label, 0) + n
+    reached = next(
+        (r for r in records
+         if target_accuracy is not None and r.accuracy is not None and r.accuracy >= target_accuracy),
+        None,
+    )
+    return {
+        "sim_time_s": records[-1].sim_time_s if records else 0.0,
+        "energy_j": sum(r.energy_j for r in records),
+        "dropped": dict(sorted(dropped.items())),
+        "target_accuracy": target_accuracy,
+        "time_to_target_s": reached.sim_time_s if reached else None,
+        "round_to_target": reached.round if reached else None,
+        "tiers": {tier: tiers[tier] for tier in sorted(tiers)},
+    }
+
+
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n")

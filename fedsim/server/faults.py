@@ -26,13 +26,15 @@ def uniform(seed: int, server_round: int, client_id: int) -> float:
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """``(round, client id, cohort) -> config entries`` for :class:`VirtualClients`."""
+    """``(round, client id, cohort, config) -> config entries`` for :class:`VirtualClients`."""
 
     faults: Faults
     seed: int
     client_timeout_s: float | None
 
-    def __call__(self, server_round: int, client_id: int, cohort: np.ndarray) -> dict:
+    def __call__(
+        self, server_round: int, client_id: int, cohort: np.ndarray, config: object = None
+    ) -> dict:
         if self.faults.kill_actor_at_round == server_round and client_id == int(np.min(cohort)):
             return {keys.FAULT: "kill"}
         draw = uniform(self.seed, server_round, client_id)

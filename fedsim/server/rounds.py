@@ -26,6 +26,7 @@ from fedsim.compression.wire import record_nbytes
 from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
+from fedsim.server.devices import DeviceSimulation
 from fedsim.server.evaluation import Evaluation
 from fedsim.server.wrapper import innermost
 
@@ -176,12 +177,16 @@ def run_rounds(
     evaluate: Callable[[ArrayRecord], Evaluation],
     on_round: Callable[[RoundRecord, ArrayRecord], None],
     privacy: PrivacyPlan,
+    devices: DeviceSimulation,
     stop: threading.Event | None = None,
 ) -> str:
     """Run rounds ``plan.first_round .. plan.rounds`` from ``arrays``; return why the run ended.
 
-    ``stop`` (set by Ctrl-C) ends the run before the next round, or discards the round in
-    flight: it is redone, identically, when the run is resumed from the last checkpoint.
+    ``devices`` admitted the cohort's phones while the strategy configured the round (it is one
+    of :class:`VirtualClients`' instruction sources); here it settles the replies on the
+    simulated clock, and only the phones it keeps are aggregated. ``stop`` (set by Ctrl-C)
+    ends the run before the next round, or discards the round in flight: it is redone,
+    identically, when the run is resumed from the last checkpoint.
     """
     wait_for_slots(grid, plan.slots)
     first_start = time.perf_counter()
@@ -203,34 +208,40 @@ def run_rounds(
         if stop.is_set():
             return "interrupted"
         outcome = tally(messages, replies, plan.client_timeout_s)
-        aggregate = len(outcome.completed) >= plan.min_completed
+        settled = devices.settle(server_round, messages, outcome.completed)
+        aggregate = len(settled.kept) >= plan.min_completed
         if aggregate:
             with strategy_errors("aggregate_train", strategy, server_round):
-                aggregated, _ = strategy.aggregate_train(server_round, outcome.completed)
+                aggregated, _ = strategy.aggregate_train(server_round, settled.kept)
             arrays = aggregated if aggregated is not None else arrays
         if privacy.accountant is not None and (aggregate or privacy.charge_unaggregated):
             privacy.accountant.step()
         last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
         evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
-        train_loss, num_examples, client_s = weighted_train_loss(outcome.completed)
-        bytes_up, bytes_down = traffic(messages, outcome.completed)
+        train_loss, num_examples, client_s = weighted_train_loss(settled.kept)
+        bytes_up, bytes_down = traffic(messages, settled.kept)
         now = time.perf_counter()
         record = RoundRecord(
             round=server_round,
             accuracy=evaluation.accuracy if evaluation else None,
             loss=evaluation.loss if evaluation else None,
             train_loss=train_loss,
-            sampled=len(messages),
-            completed=len(outcome.completed),
+            sampled=settled.sampled,
+            completed=len(settled.kept),
             failed=outcome.failed,
             failures=outcome.failures,
+            dropped=settled.dropped,
             aggregated=aggregate,
             recovered=sum(int(r.content[keys.METRICS].get(keys.RECOVERED, 0)) for r in replies
                           if not r.has_error()),
             num_examples=num_examples,
             epsilon=privacy.epsilon_spent(),  # the budget check above computed it already
             clipping_norm=privacy.clipping_norm_of(server_round),
-            clients=completed_clients(outcome.completed),
+            clients=completed_clients(settled.kept),
+            sim_time_s=devices.sim_time_s,
+            round_sim_s=settled.round_s,
+            energy_j=settled.energy_j,
+            tiers=settled.tiers,
             wall_s=now - start,
             elapsed_wall_s=now - first_start,
             client_wall_s=client_s,

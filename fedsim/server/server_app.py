@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.reporting.run_log import RoundRecord
+from fedsim.server.devices import DeviceSimulation
 from fedsim.server.evaluation import Evaluation
 from fedsim.server.rounds import RoundPlan, run_rounds
 
@@ -27,6 +28,7 @@ def make_server_app(
     on_round: Callable[[RoundRecord, ArrayRecord], None],
     privacy: PrivacyPlan,
     outcome: dict[str, str],
+    devices: DeviceSimulation,
     stop: threading.Event | None = None,
 ) -> ServerApp:
     """A ServerApp running ``plan`` with ``strategy`` from ``initial_arrays``.
@@ -38,7 +40,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         outcome["stopped"] = run_rounds(
-            grid, strategy, initial_arrays, plan, evaluate, on_round, privacy, stop
+            grid, strategy, initial_arrays, plan, evaluate, on_round, privacy, devices, stop
         )
 
     return app

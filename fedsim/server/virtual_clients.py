@@ -19,7 +19,7 @@ Like Flower's DP wrappers, this composes around any strategy instead of subclass
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -85,6 +85,10 @@ def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> 
     return Message(content, dst_node_id=node_id, message_type=template.metadata.message_type)
 
 
+# (round, client id, cohort, the strategy's train config) -> extra config entries, or None.
+Instructions = Callable[[int, int, np.ndarray, ConfigRecord], "dict | None"]
+
+
 class VirtualClients(Strategy):
     """Wrap ``strategy`` so that each round trains the sampler's cohort of virtual clients.
 
@@ -94,18 +98,21 @@ class VirtualClients(Strategy):
         Any Flower Message-API strategy (stock or the user's own).
     sampler : CohortSampler
         Chooses each round's virtual clients.
-    instructions : callable, optional
-        ``(round, client id, cohort) -> dict`` of extra config entries for one client's message
-        (fedsim's fault injection uses it).
+    instructions : sequence of callables, optional
+        Each ``(round, client id, cohort, config) -> dict | None`` adds config entries to one
+        client's message (``config`` is the strategy's train config for the round). ``None``
+        means the phone is not sent anything this round (the device simulation dropped it:
+        offline, out of memory, hopelessly late). fedsim's device simulation and fault
+        injection use it, in that order.
     """
 
     def __init__(
         self, strategy: Strategy, sampler: CohortSampler,
-        instructions: Callable[[int, int, np.ndarray], dict] | None = None,
+        instructions: Sequence[Instructions] = (),
     ) -> None:
         self.strategy = strategy
         self.sampler = sampler
-        self.instructions = instructions
+        self.instructions = tuple(instructions)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -128,18 +135,25 @@ class VirtualClients(Strategy):
         )
         if not templates:
             return []
+        config = next(iter(templates[0].content.config_records.values()), ConfigRecord())
+        extras = [(int(cid), self._extra(server_round, int(cid), cohort, config)) for cid in cohort]
         slots = sorted(grid.get_node_ids())
+        sent = [(cid, extra) for cid, extra in extras if extra is not None]
         return [
-            _readdress(
-                templates[0], int(cid), slots[i % len(slots)],
-                self._extra(server_round, int(cid), cohort),
-            )
-            for i, cid in enumerate(cohort)
+            _readdress(templates[0], cid, slots[i % len(slots)], extra)
+            for i, (cid, extra) in enumerate(sent)
         ]
 
-    def _extra(self, server_round: int, client_id: int, cohort: np.ndarray) -> dict:
-        extra = self.instructions(server_round, client_id, cohort) if self.instructions else {}
-        return {keys.SERVER_ROUND: server_round, **extra}
+    def _extra(
+        self, server_round: int, client_id: int, cohort: np.ndarray, config: ConfigRecord
+    ) -> dict | None:
+        extra: dict = {keys.SERVER_ROUND: server_round}
+        for source in self.instructions:
+            more = source(server_round, client_id, cohort, config)
+            if more is None:
+                return None
+            extra.update(more)
+        return extra
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -1,0 +1,133 @@
+"""Whether a training step fits in a phone's memory budget, and what to train if it does not.
+
+The phone's budget is its tier's RAM for training (``DeviceProfile.ram_mb``); the estimate is
+:func:`clients.memory.estimate_train_memory`, a pure function of shapes. Two policies
+(``budget.policy``):
+
+- ``strict``: train the requested mode and batch if the estimate fits, else do not train (the
+  server records the phone as dropped with reason ``oom``).
+- ``adapt``: halve the batch until it fits, but not below ``min_batch_size``; then fall back to
+  cheaper fine-tuning modes, in ``fallback`` order, each again with the batch-halving. The
+  floor exists because BatchNorm's batch statistics become unreliable below about 8 samples
+  per batch (Wu & He, "Group Normalization", ECCV 2018, Fig. 1). The cheaper modes are
+  TinyTL's (Cai et al., "TinyTL: Reduce Memory, Not Parameters for Efficient On-Device
+  Learning", NeurIPS 2020): bias-only and head-only training keep far fewer activations.
+
+Memory is checked before anything is sent, so this runs on the server; it sits in ``clients/``
+because it decides what a phone can do on itself, and imports nothing from the server side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from clients.finetune import FineTuneMode
+from fedsim.config import ConfigError
+
+POLICIES = ("strict", "adapt")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a phone trains: the mode, the batch size, and the estimated peak bytes."""
+
+    mode: str
+    batch_size: int
+    memory_bytes: int
+
+
+def halved_batches(batch_size: int, min_batch_size: int) -> Iterator[int]:
+    """``batch_size, batch_size // 2, ...`` down to ``min_batch_size``.
+
+    The requested batch is always tried, even below the floor: the user asked for it.
+    """
+    yield batch_size
+    b = batch_size // 2
+    while b >= min_batch_size:
+        yield b
+        b //= 2
+
+
+def fallback_modes(mode: str, fallback: Sequence[str]) -> list[str]:
+    """The modes ``adapt`` tries, in order: ``mode``, then the ones after it in ``fallback``.
+
+    ``fallback`` lists modes from most to least expensive; a mode not in it (e.g. ``qat``) is
+    followed by the whole list, since fedsim cannot tell where it would rank.
+    """
+    rest = fallback[fallback.index(mode) + 1:] if mode in fallback else fallback
+    return [mode, *(m for m in rest if m != mode)]
+
+
+class MemoryBudget:
+    """The ``budget`` group: how a phone whose training step does not fit is handled.
+
+    Parameters
+    ----------
+    policy : str
+        ``"strict"`` (drop) or ``"adapt"`` (smaller batch, then cheaper modes).
+    min_batch_size : int
+        ``adapt`` halves the batch down to this floor, no further.
+    fallback : sequence of str
+        Fine-tuning modes from most to least expensive, as ``adapt`` falls through them.
+    """
+
+    def __init__(
+        self,
+        policy: str = "strict",
+        min_batch_size: int = 8,
+        fallback: Sequence[str] = ("full", "bias", "head"),
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(
+                f"budget.policy: must be one of {', '.join(POLICIES)}, got {policy!r}"
+            )
+        if not min_batch_size >= 1:
+            raise ConfigError(f"budget.min_batch_size: must be >= 1, got {min_batch_size}")
+        self.fallback = tuple(str(m) for m in fallback)  # Hydra hands over a ListConfig
+        modes = [m.value for m in FineTuneMode]
+        unknown = [m for m in self.fallback if m not in modes]
+        if unknown or not self.fallback:
+            raise ConfigError(
+                f"budget.fallback: unknown or no modes {unknown} (choose from {', '.join(modes)})"
+            )
+        self.policy = policy
+        self.min_batch_size = int(min_batch_size)
+        self._modes = modes
+
+    def plan(
+        self, estimate: Callable[[str, int], int], budget_bytes: int, mode: str, batch_size: int
+    ) -> TrainPlan | None:
+        """The first ``(mode, batch)`` whose estimate fits ``budget_bytes``; ``None``: none fits.
+
+        Parameters
+        ----------
+        estimate : callable
+            ``(mode, batch_size) -> bytes`` of one training step.
+        budget_bytes : int
+            The phone's memory for training.
+        mode, batch_size : str, int
+            What the run asks for.
+        """
+        if mode not in self._modes:
+            choices = ", ".join(self._modes)
+            raise ConfigError(f"finetune.mode: no mode {mode!r} (choose from {choices})")
+        if self.policy == "strict":
+            candidates = [(mode, batch_size)]
+        else:
+            candidates = (
+                (m, b)
+                for m in fallback_modes(mode, self.fallback)
+                for b in halved_batches(batch_size, self.min_batch_size)
+            )
+        for m, b in candidates:
+            need = int(estimate(m, b))
+            if need <= budget_bytes:
+                return TrainPlan(mode=m, batch_size=b, memory_bytes=need)
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryBudget(policy={self.policy!r}, min_batch_size={self.min_batch_size}, "
+            f"fallback={self.fallback})"
+        )
