@@ -23,7 +23,7 @@ WALL_FIELDS = ("wall_s", "elapsed_wall_s", "client_wall_s")
 def run_cli(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "run_sim.py", *TINY, *overrides, f"hydra.run.dir={out_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
@@ -88,7 +88,7 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
         "fleet.tiers.low_end.ram_mb=8",  # room for head-only training only
         "fleet.tiers.flagship.finetune=int8_head",  # a per-tier mode
         "simulation.clients_per_round=8", "simulation.target_accuracy=0.05",
-        "pretrain=proxy", "pretrain.fraction=0.2", "pretrain.epochs=2", "pretrain.batch_size=8",
+        "pretrain=proxy", "pretrain.fraction=0.3", "pretrain.epochs=3", "pretrain.batch_size=8",
         "pretrain.lr=0.02", f"pretrain.cache_dir={tmp_path / 'cache'}", "audit=none",
     )
     records = rounds(tmp_path / "run")
@@ -106,5 +106,5 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
     assert summary["energy_j"] == pytest.approx(sum(r["energy_j"] for r in records))
     assert summary["time_to_target_s"] == records[0]["sim_time_s"]  # any model beats 5 %
     pretrain = summary["pretrain"]
-    assert pretrain["cache"] == "miss" and pretrain["proxy_samples"] == round(0.2 * 1437)
-    assert pretrain["test_accuracy"] > 0.3  # chance is 0.1
+    assert pretrain["cache"] == "miss" and pretrain["proxy_samples"] == round(0.3 * 1437)
+    assert pretrain["test_accuracy"] > 0.5  # chance is 0.1
