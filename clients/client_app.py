@@ -14,7 +14,8 @@ The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optio
 ``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round. The
 server's device simulation (:mod:`fedsim.server.devices`) sets the fine-tuning mode and batch
 size it chose for this phone under its memory budget (``fedsim.keys.FINETUNE_MODE``,
-``BATCH_SIZE``).
+``BATCH_SIZE``), and whether it distills (``fedsim.keys.DISTILL``, ``distill.where=client``):
+then the phone runs the teacher once over its shard, frees it, and trains against its logits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.distillation import KDLoss, logits_of
 from clients.finetune import FineTuneMode
 from clients.privacy import local_dp_rng, privatize
 from clients.training import LocalRecipe, LocalResult, train_in_mode
@@ -47,6 +49,8 @@ from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.wire import to_records
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
+from fedsim.pretrain import load_cached
+from fedsim.teacher import TeacherOnDevice
 from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
 # Distinguishes the local-training random stream from every other consumer of the run seed.
@@ -77,6 +81,10 @@ class ClientEnvironment:
         Where error-feedback residuals live; needed when ``update.uses_feedback``.
     scratch_dir : str
         A directory every actor can write (the run directory): fault-injection markers.
+    teacher : TeacherOnDevice or None
+        The teacher a phone told to distill runs (``distill.where=client``).
+    kd : KDLoss
+        The distillation loss those phones train with.
     """
 
     shards: Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -88,6 +96,8 @@ class ClientEnvironment:
     threat: ThreatModel | None = None
     residuals: ResidualFiles | None = None
     scratch_dir: str = "."
+    teacher: TeacherOnDevice | None = None
+    kd: KDLoss = KDLoss()
 
 
 _MODELS: dict[Hashable, nn.Module] = {}
@@ -99,6 +109,24 @@ def _process_model(env: ClientEnvironment) -> nn.Module:
         torch.set_num_threads(env.threads)
         _MODELS[env.build_model] = env.build_model()
     return _MODELS[env.build_model]
+
+
+def _process_teacher(teacher: TeacherOnDevice) -> nn.Module:
+    """The process's teacher, read once from the server's cache file (it never changes)."""
+    if teacher not in _MODELS:
+        model = teacher.builder()
+        load_cached(teacher.path, model)
+        _MODELS[teacher] = model.eval()
+    return _MODELS[teacher]
+
+
+def teacher_logits(env: ClientEnvironment, config: ConfigRecord, x: np.ndarray) -> torch.Tensor | None:
+    """The teacher's logits on the shard if the server told this phone to distill."""
+    if not int(config.get(keys.DISTILL, 0)):
+        return None
+    if env.teacher is None:
+        raise RuntimeError("told to distill, but the run has no teacher (distill.where=client)")
+    return logits_of(_process_teacher(env.teacher), torch.from_numpy(x))
 
 
 def recipe_for_round(base: LocalRecipe, config: ConfigRecord) -> LocalRecipe:
@@ -183,8 +211,10 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         # The mode and batch the server's memory-budget policy chose for this phone.
         mode = str(config.get(keys.FINETUNE_MODE, FineTuneMode.FULL))
         cache = bool(config.get(keys.CACHE_FEATURES, True))
+        soft = teacher_logits(env, config, x)  # on the phone: part of its compute time
         result = train_in_mode(
-            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, cache
+            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, cache,
+            soft, env.kd,
         )
     after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
     after, gradient, privacy_metrics = apply_local_dp(

@@ -401,3 +401,18 @@ def measure_train_memory(
         activations=sum(saved.values()),
         forward_peak=peak,
     )
+
+
+def estimate_inference_memory(
+    model: nn.Module, input_shape: tuple[int, int, int], batch: int
+) -> int:
+    """Bytes of a no-grad forward pass of ``batch`` samples, from shapes alone.
+
+    The fp32 weights and buffers, plus the largest working set of a single op (its inputs and
+    output, :func:`working_set`): nothing is saved for a backward pass. This is what a phone
+    needs to run the teacher over its shard before distilling (``distill.where=client``); the
+    teacher is freed before the student trains, so the two peaks do not add up.
+    """
+    calls = trace_training_forward(model, input_shape, batch, FineTuneMode.FULL)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return state + max(working_set(call) for call in calls)

@@ -6,7 +6,10 @@ generator the caller seeds, plus FedProx's proximal term when ``proximal_mu > 0`
 ``(mu / 2) * ||w - w_global||^2``). ``train_locally`` trains whatever requires a gradient;
 ``train_in_mode`` first puts the model in a fine-tuning mode (``clients.finetune``) and runs
 it the way a phone would: frozen features computed once, QAT under fake quantisation, an int8
-backbone for ``int8_head`` (``clients.quantize``).
+backbone for ``int8_head`` (``clients.quantize``). Given a teacher's logits on the shard, the
+objective is Hinton et al.'s distillation loss (``clients.distillation``) instead of plain
+cross-entropy; the reported loss stays the cross-entropy, so runs with and without
+distillation compare.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.distillation import KDLoss
 from clients.finetune import FineTuneMode, apply_mode
 from clients.quantize import FakeQuantMode, quantize_backbone
 
@@ -41,7 +45,7 @@ class LocalRecipe:
 class LocalResult:
     """What a client-round of training produced (besides the weights themselves)."""
 
-    mean_loss: float  # sample-weighted mean cross-entropy over all local steps
+    mean_loss: float  # sample-weighted mean cross-entropy over all local steps (also under KD)
     steps: int
     num_examples: int  # size of the shard: the weight FedAvg gives this client
 
@@ -57,6 +61,8 @@ def train_locally(
     y: torch.Tensor,
     recipe: LocalRecipe,
     generator: torch.Generator,
+    teacher_logits: torch.Tensor | None = None,
+    kd: KDLoss | None = None,
 ) -> LocalResult:
     """Train ``model`` in place on ``(x, y)``.
 
@@ -70,9 +76,13 @@ def train_locally(
         Epochs, batch size and optimiser settings.
     generator : torch.Generator
         Seeds the per-epoch shuffles, so a client-round is reproducible.
+    teacher_logits : torch.Tensor or None
+        ``(N, classes)`` logits of a teacher on ``x``: the objective becomes ``kd``.
+    kd : KDLoss or None
+        The distillation loss (default ``KDLoss()``) when ``teacher_logits`` are given.
     """
     model.train()
-    return _sgd(model, lambda: x, y, recipe, generator)
+    return _sgd(model, lambda: x, y, recipe, generator, teacher_logits, kd)
 
 
 def _sgd(
@@ -81,8 +91,15 @@ def _sgd(
     y: torch.Tensor,
     recipe: LocalRecipe,
     generator: torch.Generator,
+    teacher_logits: torch.Tensor | None = None,
+    kd: KDLoss | None = None,
 ) -> LocalResult:
-    """The SGD loop over ``inputs()`` (called once per epoch); the caller sets train/eval modes."""
+    """The SGD loop over ``inputs()`` (called once per epoch); the caller sets train/eval modes.
+
+    With ``teacher_logits`` the step minimises ``kd`` against them; the loss it reports is the
+    cross-entropy either way.
+    """
+    kd = kd or KDLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if recipe.proximal_mu > 0 else []
     optimizer = torch.optim.SGD(
@@ -98,8 +115,10 @@ def _sgd(
             logits = model(x[batch])  # (B, classes)
             loss = F.cross_entropy(logits, y[batch])
             objective = loss
+            if teacher_logits is not None:
+                objective = kd(logits, teacher_logits[batch], y[batch])
             if anchor:
-                objective = loss + 0.5 * recipe.proximal_mu * proximal_term(params, anchor)
+                objective = objective + 0.5 * recipe.proximal_mu * proximal_term(params, anchor)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
@@ -128,6 +147,8 @@ def train_in_mode(
     generator: torch.Generator,
     mode: FineTuneMode | str,
     cache_features: bool = True,
+    teacher_logits: torch.Tensor | None = None,
+    kd: KDLoss | None = None,
 ) -> LocalResult:
     """Train ``model`` in place on ``(x, y)`` in fine-tuning ``mode``.
 
@@ -160,6 +181,8 @@ def train_in_mode(
         The fine-tuning mode.
     cache_features : bool
         Compute a frozen backbone's features once rather than every epoch.
+    teacher_logits, kd
+        Distill from a teacher's logits on ``x`` (see ``train_locally``); in every mode.
 
     Returns
     -------
@@ -168,16 +191,19 @@ def train_in_mode(
     """
     mode = FineTuneMode(mode)
     apply_mode(model, mode)
+    soft = (teacher_logits, kd)
     if mode is FineTuneMode.HEAD and not cache_features:
-        return _sgd(model, lambda: x, y, recipe, generator)
+        return _sgd(model, lambda: x, y, recipe, generator, *soft)
     if mode in (FineTuneMode.HEAD, FineTuneMode.INT8_HEAD):
         backbone = model.features
         if mode is FineTuneMode.INT8_HEAD:
             backbone = quantize_backbone(model.features, x)
         if cache_features:
             features = pooled_features(backbone, x)
-            return _sgd(model.classifier, lambda: features, y, recipe, generator)
-        return _sgd(model.classifier, lambda: pooled_features(backbone, x), y, recipe, generator)
+            return _sgd(model.classifier, lambda: features, y, recipe, generator, *soft)
+        return _sgd(
+            model.classifier, lambda: pooled_features(backbone, x), y, recipe, generator, *soft
+        )
     quantized = FakeQuantMode(model) if mode is FineTuneMode.QAT else contextlib.nullcontext()
     with quantized:
-        return _sgd(model, lambda: x, y, recipe, generator)
+        return _sgd(model, lambda: x, y, recipe, generator, *soft)

@@ -49,3 +49,4 @@ PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload siz
 # batch size it chose travels as BATCH_SIZE above.
 FINETUNE_MODE = "fedsim.finetune-mode"
 CACHE_FEATURES = "fedsim.cache-features"  # head / int8_head: run the frozen backbone once
+DISTILL = "fedsim.distill"  # 1: train against the teacher's logits on the shard (distill.where=client)

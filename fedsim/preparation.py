@@ -4,8 +4,9 @@ Everything that can reject the user's input runs here: config types and ranges, 
 imports, dataset files, the partition, the strategy class, the privacy and update options, and
 the combinations that cannot work (DP with BatchNorm, secure aggregation with robust
 aggregators, over-selection with DP). The simulated fleet (device profiles, availability, the
-memory-budget policy, the fine-tuning mode) and the server's pre-training on its proxy split are
-built here too. Each failure is one line naming what to fix.
+memory-budget policy, the fine-tuning mode), the server's pre-training on its proxy split, the
+teacher and where distillation happens are built here too. Each failure is one line naming what
+to fix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
 from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
 from clients.budget import MemoryBudget
+from clients.distillation import logits_of
 from fedsim.config import (
     ConfigError,
     Faults,
@@ -36,6 +39,7 @@ from fedsim.config import (
 )
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
+from fedsim.distillation import Distillation, distilled_pretraining
 from fedsim.errors import UserInputError
 from fedsim.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
@@ -44,6 +48,7 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.pretrain import Pretraining, load_pretrained, pretrained_state
 from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.server.sampler import CohortSampler
+from fedsim.teacher import Teacher, TeacherOnDevice, trained_teacher
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -68,6 +73,8 @@ class Prepared:
     budget: MemoryBudget
     finetune: FineTune
     pretraining: Pretraining
+    distill: Distillation
+    teacher: Teacher
 
 
 def check_strategy_class(target: str) -> None:
@@ -202,6 +209,32 @@ def check_fleet(
         )
 
 
+def check_distillation(
+    distill: Distillation, privacy: PrivacyPlan, secagg: Any, update: UpdateRule
+) -> None:
+    """Refuse distillation settings that cannot work with the rest of the run.
+
+    - FedDF's client ensemble runs every client model on the proxy split: central DP protects
+      only the noised aggregate, and secure aggregation hides the individual models.
+    - A FedSGD gradient (``update.kind=gradient``) is plain cross-entropy's.
+    """
+    if distill.uses_client_models and privacy.accountant is not None:
+        raise ConfigError(
+            f"distill.ensemble: '{distill.ensemble}' reads every client model, which central DP "
+            "does not protect; use distill.ensemble=teacher with privacy"
+        )
+    if distill.uses_client_models and not isinstance(secagg, NoSecureAggregation):
+        raise ConfigError(
+            f"distill.ensemble: '{distill.ensemble}' needs the individual client models, which "
+            "secure aggregation hides; use distill.ensemble=teacher or secagg=none"
+        )
+    if distill.where == "client" and update.kind == GRADIENT:
+        raise ConfigError(
+            "distill.where: client distillation trains locally; update.kind=gradient sends one "
+            "cross-entropy gradient (use kind weights or delta)"
+        )
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate ``cfg`` and build data, population, model recipe and strategy."""
     settings = parse_simulation(cfg)
@@ -209,15 +242,17 @@ def prepare(cfg: DictConfig) -> Prepared:
     audit = instantiate_option("audit", cfg.audit)
     finetune = parse_finetune(cfg)
     pretraining = instantiate_option("pretrain", cfg.pretrain)
+    distill = instantiate_option("distill", cfg.distill)
+    teacher = instantiate_option("teacher", cfg.teacher, _recursive_=False)
     fleet = instantiate_option("fleet", cfg.fleet, seed=settings.seed)
     availability = instantiate_option("availability", cfg.availability)
     budget = instantiate_option("budget", cfg.budget)
     # Held-out audit clients get shards of the same partition but are never sampled. The
-    # server's proxy split (pre-training) is held out of every shard.
+    # server's proxy split (pre-training, the teacher, distillation) is held out of every shard.
     shards = ShardSource.from_config(
         to_plain(cfg.dataset), to_plain(cfg.partition),
         settings.population + audit.holdout_clients, settings.seed,
-        proxy_fraction=pretraining.fraction, proxy_seed=pretraining.seed,
+        proxy_fraction=distill.proxy_fraction_for(pretraining), proxy_seed=pretraining.seed,
     )
     splits, _ = shards.load()  # data-file and partition errors surface here
     builder = ModelBuilder.from_config(
@@ -240,34 +275,70 @@ def prepare(cfg: DictConfig) -> Prepared:
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(privacy.strategy)
     check_fleet(settings, fleet, finetune, budget, update, privacy)
+    check_distillation(distill, privacy, secagg, update)
     faults = parse_faults(cfg)
     if faults.slow_client_rate and settings.client_timeout_s is None:
         raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
     return Prepared(
         settings, splits, shards, builder, privacy.strategy, sampler, privacy, audit, secagg,
-        faults, update, threat, fleet, availability, budget, finetune, pretraining,
+        faults, update, threat, fleet, availability, budget, finetune, pretraining, distill,
+        teacher,
     )
 
 
 def initial_model(prepared: Prepared) -> torch.nn.Module:
     """The initial global model (see :func:`starting_point`)."""
-    return starting_point(prepared)[0]
+    return starting_point(prepared, prepared_teacher(prepared))[0]
 
 
-def starting_point(prepared: Prepared) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+@dataclass(frozen=True)
+class PreparedTeacher:
+    """The trained teacher, its logits on the proxy split, its report and its phone recipe."""
+
+    model: torch.nn.Module
+    proxy_logits: np.ndarray  # (proxy samples, classes), in the proxy split's order
+    report: dict[str, Any]
+    on_device: TeacherOnDevice
+
+
+def prepared_teacher(prepared: Prepared) -> PreparedTeacher | None:
+    """The teacher trained on the proxy split (or from its cache), when distillation uses one."""
+    if not prepared.distill.uses_teacher:
+        return None
+    splits = prepared.splits
+    model, report, on_device = trained_teacher(
+        prepared.teacher, prepared.shards, splits.input_shape, splits.num_classes, splits.test
+    )
+    x, _ = prepared.shards.proxy()
+    logits = logits_of(model, torch.from_numpy(x)).numpy()
+    return PreparedTeacher(model, logits, report, on_device)
+
+
+def starting_point(
+    prepared: Prepared, teacher: PreparedTeacher | None = None
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """The initial global model, and the pre-training report (``None`` without pre-training).
 
     Without pre-training the model is the seeded initialisation (part of the run seed). With it,
     the server's pre-trained student (:mod:`fedsim.pretrain`, cached on disk) replaces it: its
     weights depend on ``pretrain.*`` and not on the run seed, so runs that differ in seed,
-    fine-tuning mode or fleet all start from the same student.
+    fine-tuning mode or fleet all start from the same student. With ``distill.where=server_pre``
+    the pre-training distills from ``teacher`` (:class:`fedsim.distillation.DistilledPretraining`)
+    with the ``pretrain`` node's recipe.
     """
     torch.manual_seed(prepared.settings.seed)
     model = prepared.builder()
-    if not prepared.pretraining.enabled:
+    pretraining = prepared.pretraining
+    if prepared.distill.where == "server_pre":
+        assert teacher is not None, "server_pre needs the prepared teacher"
+        pretraining = distilled_pretraining(
+            pretraining, prepared.distill, prepared.shards.proxy_fraction,
+            teacher.report["key"], teacher.proxy_logits,
+        )
+    if not pretraining.enabled:
         return model, None
     state, report = pretrained_state(
-        prepared.pretraining, prepared.builder, prepared.shards, test=prepared.splits.test
+        pretraining, prepared.builder, prepared.shards, test=prepared.splits.test
     )
     load_pretrained(model, state)
     return model, report

@@ -15,9 +15,11 @@ determines the weights and nothing else, so runs that differ only in run seed, p
 strategy or fine-tuning mode share one pre-trained student. The pre-training seed is
 ``pretrain.seed``, independent of the run seed, for the same reason.
 
-Extending it (distillation, issue 4): subclass :class:`Pretraining` with the teacher's fields and
-override :meth:`Pretraining.train`. The subclass's name and fields enter the cache key on their
-own, so a distilled student never collides with a plainly trained one.
+Extending it: subclass :class:`Pretraining` and override :meth:`Pretraining.train`, as
+:class:`fedsim.distillation.DistilledPretraining` does. The subclass's name and fields enter the
+cache key on their own (a field declared with ``metadata={"in_key": False}`` stays out), so a
+distilled student never collides with a plainly trained one. The teacher
+(:mod:`fedsim.teacher`) is trained and cached by the same code.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clients.distillation import KDLoss
 from clients.training import LocalRecipe, train_locally
 from fedsim.config import ConfigError
 from fedsim.data.datasets import ArrayDataset
@@ -46,8 +49,8 @@ from fedsim.server.evaluation import evaluate_model
 
 # Bump when the training procedure changes, so caches of the old procedure stop matching.
 CACHE_FORMAT = 1
-# Fields that say where the result is stored, not what it is.
-_NOT_IN_KEY = frozenset({"cache_dir"})
+# A field that says where the result is stored, not what it is, is declared with this metadata.
+NOT_IN_KEY = {"in_key": False}
 _EVAL_BATCH = 500
 
 
@@ -76,7 +79,7 @@ class Pretraining:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
-    cache_dir: str = "~/.cache/fedsim/pretrain"
+    cache_dir: str = field(default="~/.cache/fedsim/pretrain", metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
         checks = (
@@ -89,9 +92,9 @@ class Pretraining:
             ("seed", self.seed >= 0, "must be >= 0"),
             ("cache_dir", bool(str(self.cache_dir).strip()), "must be a directory path"),
         )
-        for field, ok, rule in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise ConfigError(f"pretrain.{field}: {rule}, got {getattr(self, field)!r}")
+                raise ConfigError(f"pretrain.{name}: {rule}, got {getattr(self, name)!r}")
 
     @property
     def enabled(self) -> bool:
@@ -117,14 +120,14 @@ class PretrainReport:
 def cache_key(pretraining: Pretraining, dataset_spec: dict, model_spec: dict) -> str:
     """sha256 (hex) of canonical JSON of everything that determines the pre-trained weights.
 
-    That is the pre-training class and its fields except ``cache_dir``, the dataset node (its
-    train split) and the model spec (architecture, norm, input shape, classes). Dict order does
+    That is the pre-training class and its fields except those declared with
+    ``metadata=NOT_IN_KEY`` (``cache_dir``), the dataset node (its train split) and the model spec (architecture, norm, input shape, classes). Dict order does
     not matter (``sort_keys``); the partition, population and run seed are not inputs.
     """
     fields = {
         f.name: getattr(pretraining, f.name)
         for f in dataclasses.fields(pretraining)
-        if f.name not in _NOT_IN_KEY
+        if f.metadata.get("in_key", True)
     }
     kind = f"{type(pretraining).__module__}.{type(pretraining).__qualname__}"
     blob = {
@@ -146,9 +149,13 @@ def model_spec_of(builder: ModelBuilder) -> dict[str, Any]:
 
 
 def pretrain_student(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, pretraining: Pretraining
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, pretraining: Pretraining,
+    teacher_logits: torch.Tensor | None = None, kd: KDLoss | None = None,
 ) -> PretrainReport:
     """Supervised SGD on the proxy split, in place; one ``pretraining.seed``, one set of weights.
+
+    With ``teacher_logits`` (a teacher's logits on ``x``) the objective is the distillation
+    loss ``kd`` (``clients.distillation``); the reported loss stays the cross-entropy.
 
     Shuffles come from a generator seeded with ``pretraining.seed``; dropout draws from torch's
     global generator, so that is seeded too, inside ``fork_rng`` so the caller's stream is
@@ -162,13 +169,24 @@ def pretrain_student(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(pretraining.seed)
         shuffles = torch.Generator().manual_seed(pretraining.seed)
-        result = train_locally(model, x, y, recipe, shuffles)
+        result = train_locally(model, x, y, recipe, shuffles, teacher_logits, kd)
     seconds = time.perf_counter() - started
     accuracy = evaluate_model(model, ArrayDataset(x.numpy(), y.numpy()), _EVAL_BATCH).accuracy
     return PretrainReport(
         epochs=pretraining.epochs, samples=len(y), seconds=seconds,
         train_loss=result.mean_loss, train_accuracy=accuracy,
     )
+
+
+def cache_path(pretraining: Pretraining, key: str) -> Path:
+    """Where the result of ``key`` is (or will be) cached."""
+    return Path(pretraining.cache_dir).expanduser() / f"{key}.pt"
+
+
+def load_cached(path: str | Path, model: nn.Module) -> None:
+    """Load a cache entry's weights into ``model`` (strictly), e.g. a teacher on a phone."""
+    entry = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(entry["state"])
 
 
 def load_pretrained(model: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -251,7 +269,7 @@ def pretrained_state(
         )
     started = time.perf_counter()
     key = cache_key(pretraining, json.loads(shards.dataset_spec), model_spec_of(builder))
-    path = Path(pretraining.cache_dir).expanduser() / f"{key}.pt"
+    path = cache_path(pretraining, key)
     model = _seeded_student(builder, pretraining.seed)
     cached = _read_cache(path, model)
     hit = cached is not None

@@ -31,13 +31,21 @@ from fedsim import checkpoint, engine
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.config import Simulation
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.preparation import Prepared, prepare, starting_point
+from fedsim.models.size import model_size
+from fedsim.preparation import (
+    Prepared,
+    PreparedTeacher,
+    prepare,
+    prepared_teacher,
+    starting_point,
+)
 from fedsim.reporting.plots import plot_accuracy
 from fedsim.reporting.progress import RoundProgress
 from fedsim.reporting.run_log import RoundRecord
 from fedsim.reporting.summary import device_report, summarize, write_summary
 from fedsim.run_state import RunState
 from fedsim.server.devices import DeviceSimulation, model_bytes
+from fedsim.server.distillation import EnsembleDistillation
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
@@ -60,9 +68,10 @@ def run(
     settings = prepared.settings
     torch.set_num_threads(settings.backend.num_cpus or os.cpu_count() or 1)  # server evaluation
 
-    model, pretrain_report = starting_point(prepared)
+    teacher = prepared_teacher(prepared)  # None unless distillation uses one
+    model, pretrain_report = starting_point(prepared, teacher)
     arrays = ArrayRecord(exchangeable_state(model))
-    devices = device_simulation(prepared, model, arrays)
+    devices = device_simulation(prepared, model, arrays, teacher)
     restored: list[RoundRecord] = []
     if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
         arrays, restored = restore(prepared, checkpoint.load(out_dir))
@@ -93,7 +102,7 @@ def run(
     faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
     # The device simulation decides first (a phone it drops gets no fault either).
     instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
-    clients = VirtualClients(decoding(prepared, model), prepared.sampler, instructions)
+    clients = VirtualClients(decoding(prepared, model, teacher), prepared.sampler, instructions)
     stop = threading.Event()
     server_app = make_server_app(
         clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, devices, stop
@@ -102,7 +111,8 @@ def run(
     try:
         with stop_on_ctrl_c(stop):
             engine.launch(
-                server_app, make_client_app(client_environment(prepared, out_dir, residuals)),
+                server_app,
+                make_client_app(client_environment(prepared, out_dir, residuals, teacher)),
                 settings.num_slots, settings.backend, verbose,
             )
     finally:
@@ -116,6 +126,7 @@ def run(
             **device_report(state.records, settings.target_accuracy),
             "finetune": prepared.finetune.mode,
             "pretrain": pretrain_report,
+            "distill": distill_report(prepared, teacher, model, state.records),
         }
         if residuals is not None and outcome["stopped"] in FINAL:  # can be GBs; resume needs them
             shutil.rmtree(residuals.directory, ignore_errors=True)
@@ -128,11 +139,13 @@ FINAL = ("completed", "privacy_budget")
 
 
 def device_simulation(
-    prepared: Prepared, model: torch.nn.Module, arrays: ArrayRecord
+    prepared: Prepared, model: torch.nn.Module, arrays: ArrayRecord,
+    teacher: PreparedTeacher | None = None,
 ) -> DeviceSimulation:
     """The simulated fleet's admissions and clock for this run (:mod:`fedsim.server.devices`)."""
     settings = prepared.settings
     partition = prepared.shards.load()[1]
+    on_device = teacher if prepared.distill.where == "client" else None
     return DeviceSimulation(
         fleet=prepared.fleet, availability=prepared.availability, budget=prepared.budget,
         finetune=prepared.finetune, model=model, input_shape=prepared.splits.input_shape,
@@ -141,11 +154,14 @@ def device_simulation(
         deadline_s=settings.deadline_s, start_hour=settings.start_hour,
         needed=settings.clients_per_round if settings.overcommit > 0 else None,
         one_pass=prepared.update.kind == GRADIENT,
+        teacher=on_device.model if on_device else None,
+        teacher_bytes=on_device.report["bytes_fp32"] if on_device else 0,
     )
 
 
 def client_environment(
-    prepared: Prepared, out_dir: Path, residuals: ResidualFiles | None
+    prepared: Prepared, out_dir: Path, residuals: ResidualFiles | None,
+    teacher: PreparedTeacher | None = None,
 ) -> ClientEnvironment:
     """What every phone needs, as picklable recipes."""
     settings, local = prepared.settings, prepared.settings.local
@@ -162,6 +178,8 @@ def client_environment(
         update=prepared.update,
         threat=prepared.threat,
         residuals=residuals,
+        teacher=teacher.on_device if teacher and prepared.distill.where == "client" else None,
+        kd=prepared.distill.loss,
     )
 
 
@@ -199,10 +217,45 @@ def stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def decoding(prepared: Prepared, model: torch.nn.Module) -> Strategy:
-    """The strategy stack under VirtualClients: update decoding around the (DP-wrapped) strategy."""
+def decoding(
+    prepared: Prepared, model: torch.nn.Module, teacher: PreparedTeacher | None = None
+) -> Strategy:
+    """The strategy stack under VirtualClients: update decoding around the (DP-wrapped) strategy,
+    with FedDF's ensemble distillation between them for ``distill.where=server_ensemble``."""
     parameters = frozenset(name for name, _ in model.named_parameters())
-    return DecodeUpdates(prepared.strategy, prepared.update, parameters)
+    strategy = prepared.strategy
+    if prepared.distill.where == "server_ensemble":
+        strategy = EnsembleDistillation(
+            strategy, prepared.distill, prepared.builder, prepared.shards,
+            teacher.proxy_logits if teacher else None, prepared.settings.seed,
+        )
+    return DecodeUpdates(strategy, prepared.update, parameters)
+
+
+def distill_report(
+    prepared: Prepared, teacher: PreparedTeacher | None, student: torch.nn.Module,
+    records: list[RoundRecord],
+) -> dict[str, Any]:
+    """summary.json's ``distill``: where, the loss, and teacher vs student accuracy and size."""
+    distill = prepared.distill
+    if not distill.enabled:
+        return {"where": "none"}
+    accuracies = [r.accuracy for r in records if r.accuracy is not None]
+    report: dict[str, Any] = {
+        "where": distill.where, "temperature": distill.temperature, "alpha": distill.alpha,
+        "proxy_fraction": prepared.shards.proxy_fraction,
+        "proxy_samples": len(prepared.shards.proxy_indices()),
+    }
+    if distill.where == "server_ensemble":
+        report["ensemble"] = distill.ensemble
+    if teacher is not None:
+        report["teacher"] = teacher.report
+    report["student"] = {
+        "model": prepared.builder.model_name,
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        **model_size(student, prepared.splits.input_shape),
+    }
+    return report
 
 
 def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFiles | None:

@@ -67,6 +67,13 @@ ROWS = [
      "availability.path: /nonexistent.csv"),
     ("over-selection with DP", ["privacy=central_dp", "norm=group", "simulation.overcommit=0.5"],
      "simulation.overcommit: over-selection keeps the fastest phones"),
+    ("distillation setting out of range", ["distill.where=everywhere"],
+     "distill.where: must be one of none, server_pre, server_ensemble, client, got 'everywhere'"),
+    ("distillation reading what DP hides", ["privacy=central_dp", "norm=group",
+                                            "distill.where=server_ensemble"],
+     "distill.ensemble: 'both' reads every client model, which central DP does not protect"),
+    ("teacher without a network", ["teacher.model._target_=null"],
+     "teacher.model: needs a _target_"),
 ]
 
 

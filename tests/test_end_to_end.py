@@ -82,7 +82,8 @@ def test_user_strategy_by_target(tmp_path: Path) -> None:
 
 
 def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
-    """A mixed fleet under `adapt` from a pre-trained student: each tier trains as it can."""
+    """A mixed fleet under `adapt` from a pre-trained student, distilling on the phones from a
+    teacher only some tiers can hold: each tier trains as it can, and says so."""
     run_cli(
         tmp_path / "run", "fleet=mixed", "budget.policy=adapt",
         "fleet.tiers.low_end.ram_mb=8",  # room for head-only training only
@@ -90,6 +91,9 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
         "simulation.clients_per_round=8", "simulation.target_accuracy=0.05",
         "pretrain=proxy", "pretrain.fraction=0.3", "pretrain.epochs=3", "pretrain.batch_size=8",
         "pretrain.lr=0.02", f"pretrain.cache_dir={tmp_path / 'cache'}", "audit=none",
+        # A ResNet-8 at 6x width: 11 MB of fp32 weights, more than a low-end phone's 8 MiB.
+        "distill.where=client", "teacher.model.depth=8", "teacher.model.width_mult=6",
+        "teacher.epochs=1", f"teacher.cache_dir={tmp_path / 'cache'}",
     )
     records = rounds(tmp_path / "run")
     trained: dict[str, set[str]] = {}
@@ -97,7 +101,13 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
         assert r["completed"] == 8 and not r["dropped"]
         for tier, entry in r["tiers"].items():
             trained.setdefault(tier, set()).update(entry["trained"])
-    assert trained == {"low_end": {"head@8"}, "mid_range": {"full@8"}, "flagship": {"int8_head@8"}}
+            if tier == "low_end":  # every low-end phone fell back to plain cross-entropy
+                assert entry["no_kd"] == {"memory": entry["sampled"]}
+            else:
+                assert "no_kd" not in entry
+    assert trained == {
+        "low_end": {"head@8"}, "mid_range": {"full@8+kd"}, "flagship": {"int8_head@8+kd"}
+    }
     # The clock: cumulative simulated time is the sum of the rounds' durations.
     assert records[1]["sim_time_s"] == pytest.approx(records[0]["round_sim_s"] + records[1]["round_sim_s"])
     assert all(r["round_sim_s"] > 0 and r["energy_j"] > 0 for r in records)
@@ -108,3 +118,10 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
     pretrain = summary["pretrain"]
     assert pretrain["cache"] == "miss" and pretrain["proxy_samples"] == round(0.3 * 1437)
     assert pretrain["test_accuracy"] > 0.5  # chance is 0.1
+    teacher, student = summary["distill"]["teacher"], summary["distill"]["student"]
+    assert teacher["cache"] == "miss" and teacher["proxy_samples"] == pretrain["proxy_samples"]
+    assert teacher["bytes_fp32"] > 8 * 2**20 > student["bytes_fp32"]
+    assert teacher["parameters"] > student["parameters"]
+    assert student["final_accuracy"] == records[-1]["accuracy"]
+    low_end = sum(r["tiers"]["low_end"]["sampled"] for r in records if "low_end" in r["tiers"])
+    assert summary["tiers"]["low_end"]["no_kd"] == {"memory": low_end}

@@ -1,7 +1,6 @@
 """The quantised fine-tuning modes: fake-quant maths by hand, QAT and int8-head training."""
 
 import math
-from collections import OrderedDict
 
 import pytest
 import torch

@@ -22,6 +22,7 @@ from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, run_cli
 from tests.test_end_to_end import rounds as read_rounds
 
 ROUNDS = ["simulation.rounds=4"]
+CLIENT_TIMEOUT_S = 25.0
 
 
 def strip(records: list[dict]) -> list[dict]:
@@ -105,9 +106,12 @@ def test_injected_faults_are_each_accounted_for(tmp_path: Path) -> None:
     faults = Faults(client_error_rate=0.3, slow_client_rate=0.2, kill_actor_at_round=2)
     run_cli(
         tmp_path, *ROUNDS, "faults.client_error_rate=0.3", "faults.slow_client_rate=0.2",
-        "faults.kill_actor_at_round=2", "simulation.client_timeout_s=15",
+        # A normal client-round takes about a second here; the timeout leaves room for a
+        # loaded CI box (a fresh actor's first call, two runs' worth of CPU demand) so that
+        # only the injected slow rounds (timeout + 2 s) overrun it.
+        "faults.kill_actor_at_round=2", f"simulation.client_timeout_s={CLIENT_TIMEOUT_S}",
     )
-    plan, sampler = FaultPlan(faults, 0, 15.0), CohortSampler(20, 4, 0)
+    plan, sampler = FaultPlan(faults, 0, CLIENT_TIMEOUT_S), CohortSampler(20, 4, 0)
     for record in read_rounds(tmp_path):
         cohort = sampler.cohort(record["round"])
         told = {int(c): plan(record["round"], int(c), cohort).get("fedsim.fault") for c in cohort}

@@ -54,3 +54,8 @@ class ModelBuilder:
             input_size=self.input_size,
             norm_layer=norm_layer,
         )
+
+    @property
+    def model_name(self) -> str:
+        """The builder function's name, e.g. ``mobilenet_v2``."""
+        return str(json.loads(self.model_spec)["_target_"]).rsplit(".", 1)[-1]

@@ -70,9 +70,9 @@ def device_report(
         for tier, entry in record.tiers.items():
             total = tiers.setdefault(tier, {"sampled": 0, "trained": {}, "dropped": {}})
             total["sampled"] += entry["sampled"]
-            for part in ("trained", "dropped"):
-                for label, n in entry[part].items():
-                    total[part][label] = total[part].get(label, 0) + n
+            for part in ("trained", "dropped", "no_kd"):  # no_kd: client distillation only
+                for label, n in entry.get(part, {}).items():
+                    total.setdefault(part, {})[label] = total.get(part, {}).get(label, 0) + n
     reached = next(
         (r for r in records
          if target_accuracy is not None and r.accuracy is not None and r.accuracy >= target_accuracy),

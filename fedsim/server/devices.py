@@ -11,7 +11,11 @@ the simulated clock, so a rerun or a resumed run decides exactly the same:
    the tier's RAM: ``strict`` drops a phone that does not fit as ``oom``; ``adapt`` halves its
    batch and falls back to cheaper fine-tuning modes. The chosen mode and batch travel to the
    phone in its message.
-3. **deadline** -- the simulated clock (:mod:`fedsim.clock`) turns the phone's download, its
+3. **teacher** -- with ``distill.where=client`` a phone distills only if the teacher's inference
+   (:func:`clients.memory.estimate_inference_memory`) fits in its RAM and the teacher's
+   download and FLOPs over its shard still let it meet the deadline; otherwise it trains with
+   plain cross-entropy and its tier's ``no_kd`` says why (``memory`` or ``deadline``).
+4. **deadline** -- the simulated clock (:mod:`fedsim.clock`) turns the phone's download, its
    training FLOPs for the chosen mode (:func:`clients.flops.train_cost`) on its tier's
    throughput (times its own speed), and its upload of the bytes it actually sent into seconds.
    A phone that finishes after ``simulation.deadline_s`` is dropped as ``straggler``. One whose
@@ -40,7 +44,8 @@ from torch import nn
 
 from clients.budget import MemoryBudget, TrainPlan
 from clients.flops import train_cost
-from clients.memory import estimate_train_memory
+from clients.flops import count_flops
+from clients.memory import estimate_inference_memory, estimate_train_memory
 from fedsim import keys
 from fedsim.clock import ClientCost, client_round_cost, round_duration
 from fedsim.compression.wire import record_nbytes
@@ -58,12 +63,14 @@ class Admission:
     tier: str
     plan: TrainPlan | None  # None: dropped before training
     drop: str | None = None  # "offline" | "oom" | "straggler" (predicted), or None: sent
+    distill: bool = False  # trains against the teacher's logits (distill.where=client)
+    no_kd: str | None = None  # why a phone of a distilling run does not: "memory" | "deadline"
 
     @property
     def label(self) -> str:
-        """``mode@batch``, as the round record counts trained phones per tier."""
+        """``mode@batch`` (``+kd`` when distilling), as the round record counts trained phones."""
         assert self.plan is not None
-        return f"{self.plan.mode}@{self.plan.batch_size}"
+        return f"{self.plan.mode}@{self.plan.batch_size}" + ("+kd" if self.distill else "")
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,11 @@ class DeviceSimulation:
         keeps every phone that finished in time.
     one_pass : bool
         The update is one full-batch gradient (FedSGD): one forward and backward per sample.
+    teacher : nn.Module or None
+        With ``distill.where=client``, the teacher each phone would download and run once over
+        its shard (shape-only costs, never run here).
+    teacher_bytes : int
+        Bytes of the teacher's download.
     """
 
     def __init__(
@@ -132,6 +144,7 @@ class DeviceSimulation:
         model: nn.Module, input_shape: tuple[int, int, int], batch_size: int, epochs: int,
         samples: Callable[[int], int], model_bytes: int, seed: int, deadline_s: float | None,
         start_hour: float, needed: int | None, one_pass: bool = False,
+        teacher: nn.Module | None = None, teacher_bytes: int = 0,
     ) -> None:
         self.fleet = fleet
         self.availability = availability
@@ -148,11 +161,15 @@ class DeviceSimulation:
         self.start_hour = start_hour
         self.needed = needed
         self.one_pass = one_pass
+        self.teacher = teacher
+        self.teacher_bytes = teacher_bytes
         self.sim_time_s = 0.0  # at the start of the round being run
         self._round: int | None = None
         self._admissions: dict[int, Admission] = {}
         self._memory: dict[tuple[str, int], int] = {}
         self._flops: dict[tuple[str, int], tuple[int, int]] = {}
+        self._teacher_memory: dict[int, int] = {}
+        self._teacher_flops: int | None = None
 
     # --- cached shape-only cost models ----------------------------------------------------------
 
@@ -175,15 +192,50 @@ class DeviceSimulation:
         fp32, int8 = self._flops[key]
         return fp32 * samples, int8 * samples
 
+    def teacher_memory_bytes(self, batch_size: int) -> int:
+        """Estimated bytes of the teacher's no-grad forward over ``batch_size`` samples."""
+        assert self.teacher is not None
+        if batch_size not in self._teacher_memory:
+            self._teacher_memory[batch_size] = estimate_inference_memory(
+                self.teacher, self.input_shape, batch_size
+            )
+        return self._teacher_memory[batch_size]
+
+    def teacher_flops(self, samples: int) -> int:
+        """fp32 FLOPs of the teacher's logits over ``samples`` (one forward each, once a round)."""
+        assert self.teacher is not None
+        if self._teacher_flops is None:
+            self._teacher_flops = count_flops(self.teacher, self.input_shape, "full", 1).forward
+        return self._teacher_flops * samples
+
     def cost(
-        self, client_id: int, plan: TrainPlan, epochs: int, bytes_up: int
+        self, client_id: int, plan: TrainPlan, epochs: int, bytes_up: int, distill: bool = False
     ) -> ClientCost:
-        """The simulated clock of one phone's client-round."""
-        fp32, int8 = self.flops(plan.mode, 1 if self.one_pass else epochs, self.samples(client_id))
+        """The simulated clock of one phone's client-round (with the teacher, if ``distill``)."""
+        samples = self.samples(client_id)
+        fp32, int8 = self.flops(plan.mode, 1 if self.one_pass else epochs, samples)
+        download = self.model_bytes
+        if distill:
+            fp32 += self.teacher_flops(samples)
+            download += self.teacher_bytes
         return client_round_cost(
             self.fleet.profile_of(client_id), self.fleet.speed_of(client_id), fp32, int8,
-            self.model_bytes, bytes_up,
+            download, bytes_up,
         )
+
+    def distill_choice(
+        self, client_id: int, plan: TrainPlan, epochs: int, ram_bytes: int
+    ) -> tuple[bool, str | None]:
+        """Whether the phone can afford the teacher; if not, why (``memory`` / ``deadline``)."""
+        if self.teacher is None:
+            return False, None
+        if self.teacher_memory_bytes(plan.batch_size) > ram_bytes:
+            return False, "memory"
+        if self.deadline_s is not None:
+            with_teacher = self.cost(client_id, plan, epochs, bytes_up=0, distill=True)
+            if with_teacher.download_s + with_teacher.compute_s > self.deadline_s:
+                return False, "deadline"
+        return True, None
 
     # --- before sending: admissions ------------------------------------------------------------
 
@@ -197,14 +249,16 @@ class DeviceSimulation:
         if not online:
             return Admission(client_id, tier, None, "offline")
         mode = profile.finetune or self.finetune.mode
-        plan = self.budget.plan(self.memory_bytes, int(profile.ram_mb * MIB), mode, batch_size)
+        ram = int(profile.ram_mb * MIB)
+        plan = self.budget.plan(self.memory_bytes, ram, mode, batch_size)
         if plan is None:
             return Admission(client_id, tier, None, "oom")
+        distill, no_kd = self.distill_choice(client_id, plan, epochs, ram)
         if self.deadline_s is not None:
-            before_upload = self.cost(client_id, plan, epochs, bytes_up=0)
+            before_upload = self.cost(client_id, plan, epochs, bytes_up=0, distill=distill)
             if before_upload.download_s + before_upload.compute_s > self.deadline_s:
-                return Admission(client_id, tier, plan, "straggler")
-        return Admission(client_id, tier, plan)
+                return Admission(client_id, tier, plan, "straggler", distill, no_kd)
+        return Admission(client_id, tier, plan, None, distill, no_kd)
 
     def instructions(
         self, server_round: int, client_id: int, cohort: np.ndarray, config: ConfigRecord
@@ -218,11 +272,14 @@ class DeviceSimulation:
         self._admissions[client_id] = admission
         if admission.drop is not None:
             return None
-        return {
+        told = {
             keys.FINETUNE_MODE: admission.plan.mode,
             keys.BATCH_SIZE: admission.plan.batch_size,
             keys.CACHE_FEATURES: self.finetune.cache_features,
         }
+        if self.teacher is not None:
+            told[keys.DISTILL] = int(admission.distill)
+        return told
 
     # --- after the replies: the clock --------------------------------------------------------
 
@@ -234,14 +291,18 @@ class DeviceSimulation:
         energy = 0.0
         for a in admissions.values():
             if a.drop == "straggler":  # trained in vain until the deadline passed
-                energy += self.cost(a.client_id, a.plan, epochs.get(a.client_id, self.epochs), 0).energy_j
+                epochs_a = epochs.get(a.client_id, self.epochs)
+                energy += self.cost(a.client_id, a.plan, epochs_a, 0, a.distill).energy_j
         costs: dict[int, ClientCost] = {}
         by_id: dict[int, Message] = {}
         for reply in completed:
             metrics = reply.content[keys.METRICS]
             cid = int(metrics[keys.CLIENT_ID])
             admission = admissions[cid]
-            cost = self.cost(cid, admission.plan, epochs[cid], int(metrics[keys.PAYLOAD_BYTES]))
+            cost = self.cost(
+                cid, admission.plan, epochs[cid], int(metrics[keys.PAYLOAD_BYTES]),
+                admission.distill,
+            )
             energy += cost.energy_j
             costs[cid], by_id[cid] = cost, reply
         late = {
@@ -271,14 +332,17 @@ def tier_report(
     """Per tier: phones sampled, kept phones per ``mode@batch``, and drops per reason.
 
     Phones that were sent but whose reply never came (errors, timeouts) count as sampled only;
-    the round record's ``failures`` has their reasons.
+    the round record's ``failures`` has their reasons. In a client-distillation run, a tier
+    whose phones could not afford the teacher also has ``no_kd``: reason -> phones.
     """
     report: dict[str, dict] = defaultdict(
-        lambda: {"sampled": 0, "trained": Counter(), "dropped": Counter()}
+        lambda: {"sampled": 0, "trained": Counter(), "dropped": Counter(), "no_kd": Counter()}
     )
     for cid, a in sorted(admissions.items()):
         entry = report[a.tier]
         entry["sampled"] += 1
+        if a.no_kd and not a.drop:
+            entry["no_kd"][a.no_kd] += 1
         if a.drop:
             entry["dropped"][a.drop] += 1
         elif cid in late:
@@ -292,6 +356,7 @@ def tier_report(
             "sampled": e["sampled"],
             "trained": dict(sorted(e["trained"].items())),
             "dropped": dict(sorted(e["dropped"].items())),
+            **({"no_kd": dict(sorted(e["no_kd"].items()))} if e["no_kd"] else {}),
         }
         for tier, e in sorted(report.items())
     }
