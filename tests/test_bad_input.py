@@ -70,8 +70,9 @@ ROWS = [
     ("distillation setting out of range", ["distill.where=everywhere"],
      "distill.where: must be one of none, server_pre, server_ensemble, client, got 'everywhere'"),
     ("distillation reading what DP hides", ["privacy=central_dp", "norm=group",
-                                            "distill.where=server_ensemble"],
-     "distill.ensemble: 'both' reads every client model, which central DP does not protect"),
+                                            "distill.where=server_ensemble",
+                                            "distill.ensemble=clients"],
+     "distill.ensemble: 'clients' reads every client model, which central DP does not protect"),
     ("teacher without a network", ["teacher.model._target_=null"],
      "teacher.model: needs a _target_"),
 ]
