@@ -296,7 +296,9 @@ class PreparedTeacher:
     """The trained teacher, its logits on the proxy split, its report and its phone recipe."""
 
     model: torch.nn.Module
-    proxy_logits: np.ndarray  # (proxy samples, classes), in the proxy split's order
+    # (proxy samples, classes) in the proxy split's order; None for client distillation, where
+    # only the phones run the teacher.
+    proxy_logits: np.ndarray | None
     report: dict[str, Any]
     on_device: TeacherOnDevice
 
@@ -309,8 +311,10 @@ def prepared_teacher(prepared: Prepared) -> PreparedTeacher | None:
     model, report, on_device = trained_teacher(
         prepared.teacher, prepared.shards, splits.input_shape, splits.num_classes, splits.test
     )
-    x, _ = prepared.shards.proxy()
-    logits = logits_of(model, torch.from_numpy(x)).numpy()
+    logits = None
+    if prepared.distill.where != "client":  # the server distills on its proxy split
+        x, _ = prepared.shards.proxy()
+        logits = logits_of(model, torch.from_numpy(x)).numpy()
     return PreparedTeacher(model, logits, report, on_device)
 
 

@@ -175,7 +175,7 @@ def test_a_teacher_without_a_target_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^teacher.model: needs a _target_"):
         Teacher(model={"depth": 20}, norm={"_target_": "torch.nn.BatchNorm2d"})
     with pytest.raises(ConfigError, match=r"^teacher.epochs: must be >= 1"):
-        small_teacher("/tmp").__class__(**{**dataclasses.asdict(small_teacher("/tmp")), "epochs": 0})
+        dataclasses.replace(small_teacher("/tmp"), epochs=0)
 
 
 # --- server_ensemble (FedDF) ------------------------------------------------------------------

@@ -72,7 +72,8 @@ def device_report(
             total["sampled"] += entry["sampled"]
             for part in ("trained", "dropped", "no_kd"):  # no_kd: client distillation only
                 for label, n in entry.get(part, {}).items():
-                    total.setdefault(part, {})[label] = total.get(part, {}).get(label, 0) + n
+                    bucket = total.setdefault(part, {})
+                    bucket[label] = bucket.get(label, 0) + n
     reached = next(
         (r for r in records
          if target_accuracy is not None and r.accuracy is not None and r.accuracy >= target_accuracy),
