@@ -67,6 +67,7 @@ from clients.quantize import (
     int8_weight_bytes,
     quantize_backbone,
 )
+from clients.sgd import MomentumSGD
 
 FP32_BYTES = 4
 INT64_BYTES = 8
@@ -377,7 +378,7 @@ def measure_train_memory(
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(working_set_hook) for m in leaves]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9 if momentum else 0.0)
+    optimizer = MomentumSGD(params, lr=0.01, momentum=0.9 if momentum else 0.0)
     fake_quant = FakeQuantMode(model) if mode is FineTuneMode.QAT else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fake_quant:
         logits = model(x)  # (B, classes)
@@ -397,7 +398,7 @@ def measure_train_memory(
     return MemoryEstimate(
         weights=weights,
         gradients=nbytes(p.grad for p in model.parameters()),
-        optimizer_state=nbytes(v for s in optimizer.state.values() for v in s.values()),
+        optimizer_state=nbytes(optimizer.state_tensors()),
         activations=sum(saved.values()),
         forward_peak=peak,
     )

@@ -1,7 +1,7 @@
 """Local training on one phone's shard: plain PyTorch, no Flower.
 
-Minibatch SGD with momentum and weight decay for ``epochs`` passes over the shard, shuffled by a
-generator the caller seeds, plus FedProx's proximal term when ``proximal_mu > 0``
+Minibatch SGD with momentum and weight decay (``clients.sgd``) for ``epochs`` passes over the
+shard, shuffled by a generator the caller seeds, plus FedProx's proximal term when ``proximal_mu > 0``
 (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, eq. 2:
 ``(mu / 2) * ||w - w_global||^2``). ``train_locally`` trains whatever requires a gradient;
 ``train_in_mode`` first puts the model in a fine-tuning mode (``clients.finetune``) and runs
@@ -25,6 +25,7 @@ from torch import nn
 from clients.distillation import KDLoss
 from clients.finetune import FineTuneMode, apply_mode
 from clients.quantize import FakeQuantMode, quantize_backbone
+from clients.sgd import MomentumSGD
 
 FEATURE_BATCH = 256  # samples per no-grad backbone pass when computing features
 
@@ -102,7 +103,7 @@ def _sgd(
     kd = kd or KDLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if recipe.proximal_mu > 0 else []
-    optimizer = torch.optim.SGD(
+    optimizer = MomentumSGD(
         params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     total_loss, seen, steps = 0.0, 0, 0
@@ -119,7 +120,7 @@ def _sgd(
                 objective = kd(logits, teacher_logits[batch], y[batch])
             if anchor:
                 objective = objective + 0.5 * recipe.proximal_mu * proximal_term(params, anchor)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             objective.backward()
             optimizer.step()
             total_loss += loss.item() * len(batch)

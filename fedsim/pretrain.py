@@ -48,7 +48,8 @@ from fedsim.models.factory import ModelBuilder
 from fedsim.server.evaluation import evaluate_model
 
 # Bump when the training procedure changes, so caches of the old procedure stop matching.
-CACHE_FORMAT = 1
+# 2: students and teachers train in the channels-last layout (other float rounding).
+CACHE_FORMAT = 2
 # A field that says where the result is stored, not what it is, is declared with this metadata.
 NOT_IN_KEY = {"in_key": False}
 _EVAL_BATCH = 500

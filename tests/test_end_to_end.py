@@ -89,7 +89,7 @@ def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
         "fleet.tiers.low_end.ram_mb=8",  # room for head-only training only
         "fleet.tiers.flagship.finetune=int8_head",  # a per-tier mode
         "simulation.clients_per_round=8", "simulation.target_accuracy=0.05",
-        "pretrain=proxy", "pretrain.fraction=0.3", "pretrain.epochs=3", "pretrain.batch_size=8",
+        "pretrain=proxy", "pretrain.fraction=0.3", "pretrain.epochs=5", "pretrain.batch_size=8",
         "pretrain.lr=0.02", f"pretrain.cache_dir={tmp_path / 'cache'}", "audit=none",
         # A ResNet-8 at 6x width: 11 MB of fp32 weights, more than a low-end phone's 8 MiB.
         "distill.where=client", "teacher.model.depth=8", "teacher.model.width_mult=6",
