@@ -6,6 +6,7 @@ A thin Hydra entry: it composes ``conf/``, hands the config and Hydra's run dire
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import traceback
@@ -60,3 +61,6 @@ def check_command_line() -> None:
 if __name__ == "__main__":
     check_command_line()
     main()
+    # Every output is written and closed. Freezing the heap spares the interpreter's final
+    # garbage collection a walk over torch's, Flower's and Ray's objects (~1.5 s at exit).
+    gc.freeze()

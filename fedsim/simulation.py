@@ -107,13 +107,19 @@ def run(
     server_app = make_server_app(
         clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, devices, stop
     )
+
+    def warm_up() -> None:
+        """What round 1 would otherwise wait for, done while Ray starts."""
+        devices.warm_up()
+        evaluator(arrays)  # the first evaluation sets up the CPU kernels for the test batches
+
     display.start()
     try:
         with stop_on_ctrl_c(stop):
             engine.launch(
                 server_app,
                 make_client_app(client_environment(prepared, out_dir, residuals, teacher)),
-                settings.num_slots, settings.backend, verbose,
+                settings.num_slots, settings.backend, verbose, meanwhile=warm_up,
             )
     finally:
         display.stop()

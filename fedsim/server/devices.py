@@ -173,6 +173,18 @@ class DeviceSimulation:
 
     # --- cached shape-only cost models ----------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Fill the caches for the mode and batch each tier starts from, before round 1.
+
+        A process's first meta-tensor trace imports much of ``torch.fx`` and SymPy (~1 s here);
+        :func:`fedsim.simulation.run` has it done while Ray starts instead of in round 1.
+        """
+        epochs = 1 if self.one_pass else self.epochs
+        for name in self.fleet.mix:
+            mode = self.fleet.tiers[name].finetune or self.finetune.mode
+            self.memory_bytes(mode, self.batch_size)
+            self.flops(mode, epochs, 1)
+
     def memory_bytes(self, mode: str, batch_size: int) -> int:
         """Estimated bytes of one training step (cached: a pure function of its arguments)."""
         if (mode, batch_size) not in self._memory:
