@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.data.cache import cached_splits
 from fedsim.data.datasets import ArrayDataset, DatasetError, DatasetSplits
 from fedsim.data.idx import read_idx
 
@@ -145,6 +146,12 @@ def standardize_uint8(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, 
     return out[0], out[1]
 
 
+def file_identity(path: Path) -> list:
+    """``[absolute path, size, modification time in ns]``: changes when the file is replaced."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
 def _checked(images: np.ndarray, labels: np.ndarray, split: str, paths: dict[str, Path]) -> None:
     source = paths[f"{split}_images"].parent
     if (
@@ -175,13 +182,17 @@ class FashionMNIST:
         ``~/.cache/fedsim/fashion-mnist`` (under ``$XDG_CACHE_HOME`` if set).
     download : bool
         Fetch missing files from the upstream mirror into ``data_dir`` (or the user cache).
+    cache_dir : str or None
+        The machine's dataset cache (:mod:`fedsim.data.cache`); ``None``: read the IDX files
+        every time.
     """
 
     data_dir: str | None = None
     download: bool = True
+    cache_dir: str | None = None
 
     def load(self) -> DatasetSplits:
-        """Read, check and standardize the two splits.
+        """Read, check and standardize the two splits (or map them from the dataset cache).
 
         Returns
         -------
@@ -193,10 +204,16 @@ class FashionMNIST:
         DatasetError
             If the files are missing and cannot be downloaded, or any file is malformed.
         """
-        dirs = candidate_dirs(self.data_dir)
-        paths = find_files(dirs)
+        paths = find_files(candidate_dirs(self.data_dir))
+        key = None
+        if paths is not None:  # the files found, by where they are, their size and their age
+            files = {name: file_identity(path) for name, path in paths.items()}
+            key = {"dataset": "fashion_mnist", "files": files}
+        return cached_splits(self.cache_dir, key, lambda: self._read(paths))
+
+    def _read(self, paths: dict[str, Path] | None) -> DatasetSplits:
         if paths is None:
-            paths = self._download(dirs)
+            paths = self._download(candidate_dirs(self.data_dir))
         arrays = {key: read_idx(path) for key, path in paths.items()}
         _checked(arrays["train_images"], arrays["train_labels"], "train", paths)
         _checked(arrays["test_images"], arrays["test_labels"], "test", paths)

@@ -17,15 +17,17 @@ the simulated clients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy import PrivacyConfigError
-from fedsim.privacy.accounting import PrivacyAccountant, calibrate_noise, default_delta
 from fedsim.privacy.central_dp import AdaptiveClipping, CentralDP
 from fedsim.privacy.clipping import adaptive_update_noise_multiplier
 from fedsim.privacy.plan import PrivacyPlan
+
+if TYPE_CHECKING:
+    from fedsim.privacy.accounting import PrivacyAccountant
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class _CentralOptions:
         self, *, population: int, cohort: int, sampling: str, rounds: int
     ) -> tuple[PrivacyAccountant, Deployment, dict[str, Any]]:
         """The accountant (with the noise multiplier calibrated if asked) and the report."""
+        # Imported here: dp-accounting takes 0.7 s to import (scipy.signal), which a run
+        # without DP (privacy=none, also defined in this module) should not pay.
+        from fedsim.privacy.accounting import PrivacyAccountant, calibrate_noise, default_delta
+
         where = deployment(population, cohort, self.noise_cohort_size, self.accounting_population)
         delta = self.delta if self.delta is not None else default_delta(where.population)
         accountant = self.accountant

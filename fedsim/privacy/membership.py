@@ -22,11 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt
+from fedsim.reporting.plots import pyplot
 
 Curve = tuple[np.ndarray, np.ndarray]
 _EXP_LIMIT = 700.0  # math.exp overflows above ~709.78; the bound is 1 long before that  # (fpr, tpr), both rising from 0 to 1
@@ -169,6 +167,7 @@ def plot_roc(
     positive = [f[f > 0].min() for f, _ in curves.values() if np.any(f > 0)]
     floor = min(positive) / 2 if positive else 1e-3
     grid = np.logspace(math.log10(floor), 0, 200)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     for label, (fpr, tpr) in curves.items():
         ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=label)

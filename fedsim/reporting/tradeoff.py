@@ -19,12 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import yaml
 
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt
+from fedsim.reporting.plots import pyplot
 
 SEED_KEY = "simulation.seed"
 OUTPUTS = ("tradeoff.csv", "tradeoff.md", "tradeoff.png")
@@ -167,6 +165,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     """Accuracy and MIA AUC against epsilon (log axis); no-epsilon settings as lines."""
     finite = [r for r in rows if r.epsilon is not None and math.isfinite(r.epsilon)]
     references = [r for r in rows if r not in finite]
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     panels = (
         (axes[0], "accuracy_mean", "accuracy_std", "final test accuracy"),
