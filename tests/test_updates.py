@@ -131,6 +131,33 @@ def test_bytes_are_the_encoded_payload_size() -> None:
     assert 3.9 < float_bytes / int8_bytes < 4.0
 
 
+def test_lossless_weights_reach_the_strategy_as_the_arrays_that_arrived() -> None:
+    # Plain weights need no decoding: DecodeUpdates hands on the very bytes each reply carried
+    # (no copy), and they hold exactly the weights the client trained to.
+    prep = prepared("simulation.population=4", "simulation.clients_per_round=2")
+    model, global_arrays = initial(prep)
+    rule = UpdateRule("weights", NoCompression(), server_lr=1.0, error_feedback=False)
+    seen = []
+
+    class Recording(FedAvg):
+        def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+            seen.extend(replies)
+            return super().aggregate_train(server_round, replies)
+
+    stack = DecodeUpdates(Recording(), rule, parameters(model))
+    _, _, replies = one_round(environment(prep, rule), stack, prep.sampler, global_arrays)
+    by_client = {int(r.content[keys.METRICS][keys.CLIENT_ID]): r for r in replies}
+    for decoded in seen:
+        reply = by_client[int(decoded.content[keys.METRICS][keys.CLIENT_ID])]
+        sent = next(iter(reply.content.array_records.values()))
+        weights = next(iter(decoded.content.array_records.values()))
+        assert list(weights) == list(global_arrays)  # the model's names, in the model's order
+        assert all(weights[name].data is sent[f"{name}/values"].data for name in weights)
+        encoded, _ = from_records(sent, reply.content[keys.PAYLOAD])
+        for name, values in NoCompression().decode(encoded).items():
+            np.testing.assert_array_equal(weights[name].numpy(), values)
+
+
 def test_decoding_leaves_the_callers_replies_untouched() -> None:
     prep = prepared("simulation.population=4", "simulation.clients_per_round=2")
     model, global_arrays = initial(prep)

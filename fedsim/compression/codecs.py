@@ -45,6 +45,7 @@ HEADER_BYTES_PER_SCALAR = 8
 # Largest int8 magnitude used: symmetric, so -128 is never produced and 0 is exact.
 _INT8_MAX = 127
 _SHAPE = "shape"
+VALUES = "values"  # the part holding a tensor's float32 values (whole, or top-k's kept ones)
 
 Update = dict[str, np.ndarray]
 
@@ -111,14 +112,14 @@ class NoCompression:
         arrays: dict[str, np.ndarray] = {}
         meta: dict[str, tuple[int | float, ...]] = {}
         for name, tensor in update.items():
-            arrays[f"{name}/values"] = _as_float32(tensor)
+            arrays[f"{name}/{VALUES}"] = _as_float32(tensor)
             meta.update(_shape_meta(name, tensor))
         return Encoded(arrays, meta)
 
     def decode(self, encoded: Encoded) -> Update:
         """The float32 tensors."""
         return {
-            name: encoded.arrays[f"{name}/values"].reshape(encoded.shape(name))
+            name: encoded.arrays[f"{name}/{VALUES}"].reshape(encoded.shape(name))
             for name in encoded.tensor_names()
         }
 
@@ -247,7 +248,7 @@ class TopK:
         for name, tensor in update.items():
             flat = _as_float32(tensor).reshape(-1)
             indices = topk_indices(flat, topk_count(self.fraction, flat.size))
-            arrays[f"{name}/values"] = flat[indices]
+            arrays[f"{name}/{VALUES}"] = flat[indices]
             arrays[f"{name}/indices"] = indices
             meta.update(_shape_meta(name, tensor))
         return Encoded(arrays, meta)
@@ -258,7 +259,7 @@ class TopK:
         for name in encoded.tensor_names():
             shape = encoded.shape(name)
             dense = np.zeros(math.prod(shape), dtype=np.float32)
-            dense[encoded.arrays[f"{name}/indices"]] = encoded.arrays[f"{name}/values"]
+            dense[encoded.arrays[f"{name}/indices"]] = encoded.arrays[f"{name}/{VALUES}"]
             update[name] = dense.reshape(shape)
         return update
 

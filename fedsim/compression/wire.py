@@ -10,12 +10,13 @@ levels, float32 scales, int32 indices, ...) in an ``ArrayRecord`` and its scalar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedsim import keys
-from fedsim.compression.codecs import HEADER_BYTES_PER_SCALAR, Encoded
+from fedsim.compression.codecs import HEADER_BYTES_PER_SCALAR, VALUES, Encoded
 
 
 def to_records(encoded: Encoded, payload_kind: str) -> tuple[ArrayRecord, ConfigRecord]:
@@ -36,6 +37,20 @@ def from_records(arrays: ArrayRecord, meta: ConfigRecord) -> tuple[Encoded, str]
     parts = {name: array.numpy() for name, array in arrays.items()}
     scalars = {name: tuple(v) for name, v in meta.items() if name != keys.PAYLOAD_KIND}
     return Encoded(parts, scalars), str(meta[keys.PAYLOAD_KIND])
+
+
+def whole_tensors(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord | None:
+    """A lossless upload's tensors, sharing the bytes they arrived in, or ``None``.
+
+    :class:`~fedsim.compression.codecs.NoCompression` sends each float32 tensor whole as its
+    ``"<tensor>/values"`` part, so the server can hand those bytes on without decoding and
+    re-encoding them (three copies per reply otherwise). ``None`` when a part is missing or
+    not float32.
+    """
+    parts = {name: arrays.get(f"{name}/{VALUES}") for name in names}
+    if any(part is None or part.dtype != "float32" for part in parts.values()):
+        return None
+    return ArrayRecord(parts)
 
 
 def record_nbytes(record: ArrayRecord) -> int:

@@ -23,9 +23,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.compression.wire import from_records
+from fedsim.compression.wire import from_records, whole_tensors
 from fedsim.server.wrapper import StrategyWrapper
-from fedsim.updates import UpdateRule, reconstruct
+from fedsim.updates import WEIGHTS, UpdateRule, reconstruct
 
 
 class DecodeUpdates(StrategyWrapper):
@@ -86,16 +86,17 @@ class DecodeUpdates(StrategyWrapper):
         """A copy of ``reply`` whose content is the rebuilt weights and the client's metrics."""
         assert self._global is not None, "configure_train runs before aggregate_train"
         (name, payload), = reply.content.array_records.items()
-        encoded, payload_kind = from_records(payload, reply.content[keys.PAYLOAD])
-        weights = reconstruct(
-            payload_kind, self._global, self.rule.compression.decode(encoded),
-            self.parameter_names, self.rule.server_lr,
-        )
+        meta = reply.content[keys.PAYLOAD]
+        weights = None
+        if self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
+            weights = whole_tensors(payload, self._global)  # the weights as they arrived
+        if weights is None:
+            encoded, payload_kind = from_records(payload, meta)
+            decoded = reconstruct(
+                payload_kind, self._global, self.rule.compression.decode(encoded),
+                self.parameter_names, self.rule.server_lr,
+            )
+            weights = ArrayRecord({k: Array(np.asarray(v)) for k, v in decoded.items()})
         rebuilt = copy.copy(reply)  # shares metadata (reply_to) with the real reply
-        rebuilt.content = RecordDict(
-            {
-                name: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
-                keys.METRICS: reply.content[keys.METRICS],
-            }
-        )
+        rebuilt.content = RecordDict({name: weights, keys.METRICS: reply.content[keys.METRICS]})
         return rebuilt
