@@ -1,17 +1,28 @@
 """fedsim vs plain Flower vs bare compute on one workload, interleaved, medians and ratios.
 
-The workload is fixed in ``bench/workload.py``. Each repetition runs the three contenders one
-after another (so drift on a shared machine hits all three alike) and measures, per contender:
+The workloads are fixed in ``bench/workload.py`` (``--workload default``: the README's default
+run; ``short``). Each repetition runs every contender once, one after another, so drift on a
+shared machine hits all alike:
+
+- ``fedsim``: ``run_sim.py`` with the workload's overrides;
+- ``plain_flower``: ``bench/plain_flower.py``, the workload the way Flower's quickstart writes it;
+- ``bare_1x2``: ``bench/bare_compute.py``: the same training in one process on 2 threads;
+- ``bare_2x1``: ``bench/bare_compute.py --procs 2``: two processes of one thread each, the
+  layout fedsim's two slots use, with nothing else: the limit of this machine.
+
+Per contender:
 
 - ``end_to_end_s``: process start to exit;
 - ``startup_s``: process start to the first round being dispatched (fedsim: when the first
-  round record lands minus that round's own wall time; Flower and bare: the round-0 mark);
-- ``steady_round_s``: median wall per round over rounds 2..R (round 1 includes actor start-up);
+  round record lands minus that round's own wall time; the others: their round-0 mark);
+- ``first_round_s``: the first round (actor start-up, first loads);
+- ``steady_round_s``: median wall per round over rounds 2..R;
 - ``peak_pss_mib``: peak summed PSS of the whole process tree (driver, Ray, every actor);
 - ``overhead_per_client_call_s`` (fedsim only: it reports the clients' compute): (round wall -
-  clients' compute / parallel slots) / cohort, the median over steady rounds.
+  clients' compute / parallel slots) / cohort, the median over steady rounds;
+- ``final_accuracy``.
 
-    python bench/compare.py [--reps 3]
+    python bench/compare.py [--workload default|short] [--reps 3] [--json results.json]
 """
 
 from __future__ import annotations
@@ -27,45 +38,52 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import workload as W
 from bench.process_tree import descendants, pss_bytes
+from bench.workload import WORKLOADS, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = ("fedsim", "plain_flower", "bare_compute")
+CONTENDERS = ("fedsim", "plain_flower", "bare_1x2", "bare_2x1")
+FIGURES = ("end_to_end_s", "startup_s", "first_round_s", "steady_round_s", "peak_pss_mib",
+           "overhead_per_client_call_s", "final_accuracy")
 
 
 def measure(cmd: list[str], env: dict[str, str], watch: Path | None) -> dict[str, float]:
-    """Run ``cmd``; sample the tree's PSS; note when ``watch`` first gets a line."""
+    """Run ``cmd``; sample the tree's PSS every 0.25 s; note when ``watch`` first gets a line."""
     launched = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, first_line = 0, None
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak, first_line, next_sample = 0, None, 0.0
     while proc.poll() is None:
-        peak = max(peak, sum(pss_bytes(p) for p in descendants(proc.pid)))
+        now = time.time()
+        if now >= next_sample:
+            peak = max(peak, sum(pss_bytes(p) for p in descendants(proc.pid)))
+            next_sample = now + 0.25
         if first_line is None and watch is not None and watch.exists() and watch.stat().st_size:
-            first_line = time.time()
-        time.sleep(0.1)
+            first_line = now
+        time.sleep(0.02)
     _, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd[1]} failed:\n{err[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd[1:3])} failed:\n{err[-2000:]}")
     return {"launched": launched, "ended": time.time(), "peak": peak, "first_line": first_line}
 
 
-def run_fedsim(tmp: Path) -> dict[str, float]:
+def run_fedsim(workload: Workload, tmp: Path) -> dict[str, float | None]:
     out = tmp / "fedsim"
     m = measure(
-        [sys.executable, "run_sim.py", *W.FEDSIM_OVERRIDES, f"hydra.run.dir={out}"],
+        [sys.executable, "run_sim.py", *workload.fedsim_overrides, f"hydra.run.dir={out}"],
         dict(os.environ), out / "metrics.jsonl",
     )
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:]
-    slots = W.TOTAL_CPUS // W.CLIENT_CPUS
+    slots = workload.total_cpus // workload.client_cpus
     overhead = statistics.median(
-        (r["wall_s"] - r["client_wall_s"] / slots) / W.COHORT for r in steady
+        (r["wall_s"] - r["client_wall_s"] / slots) / workload.cohort for r in steady
     )
-    # The first record lands when round 1 ends (fsynced); it started wall_s earlier.
     return {
         "end_to_end_s": m["ended"] - m["launched"],
+        # The first record lands (fsynced) when round 1 ends; that round began wall_s earlier.
         "startup_s": m["first_line"] - records[0]["wall_s"] - m["launched"],
+        "first_round_s": records[0]["wall_s"],
         "steady_round_s": statistics.median(r["wall_s"] for r in steady),
         "peak_pss_mib": m["peak"] / 2**20,
         "overhead_per_client_call_s": overhead,
@@ -73,16 +91,18 @@ def run_fedsim(tmp: Path) -> dict[str, float]:
     }
 
 
-def run_marked(script: str, tmp: Path) -> dict[str, float]:
-    events = tmp / f"{script}.jsonl"
-    env = {**os.environ, "BENCH_EVENTS": str(events), "FLWR_TELEMETRY_ENABLED": "0"}
-    m = measure([sys.executable, f"bench/{script}.py"], env, None)
+def run_marked(workload: Workload, script: list[str], tmp: Path) -> dict[str, float | None]:
+    events = tmp / "events.jsonl"
+    env = {**os.environ, "BENCH_EVENTS": str(events), "BENCH_WORKLOAD": workload.name,
+           "FLWR_TELEMETRY_ENABLED": "0"}
+    m = measure([sys.executable, *script], env, None)
     marks = [json.loads(x) for x in events.read_text().splitlines()]
     ends = {e["round"]: e["t"] for e in marks if e["event"] == "round_end"}
-    walls = [ends[r] - ends[r - 1] for r in range(2, W.ROUNDS + 1)]
+    walls = [ends[r] - ends[r - 1] for r in range(2, workload.rounds + 1)]
     return {
         "end_to_end_s": m["ended"] - m["launched"],
         "startup_s": ends[0] - m["launched"],
+        "first_round_s": ends[1] - ends[0],
         "steady_round_s": statistics.median(walls),
         "peak_pss_mib": m["peak"] / 2**20,
         "overhead_per_client_call_s": None,
@@ -90,37 +110,61 @@ def run_marked(script: str, tmp: Path) -> dict[str, float]:
     }
 
 
+def run_one(contender: str, workload: Workload, tmp: Path) -> dict[str, float | None]:
+    if contender == "fedsim":
+        return run_fedsim(workload, tmp)
+    script = {
+        "plain_flower": ["bench/plain_flower.py"],
+        "bare_1x2": ["bench/bare_compute.py", "--procs", "1"],
+        "bare_2x1": ["bench/bare_compute.py", "--procs", "2"],
+    }[contender]
+    return run_marked(workload, script, tmp)
+
+
+def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out = {}
+    for key in FIGURES:
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
+def report(workload: Workload, reps: int, results: dict[str, list[dict]]) -> None:
+    """The table, then each target of issue 7 against its measured ratio."""
+    med = {c: medians(runs) for c, runs in results.items()}
+    print(f"workload {workload.name}: {workload} ({reps} interleaved repetitions, medians)")
+    print("| contender | " + " | ".join(FIGURES) + " |")
+    print("|---|" + "---:|" * len(FIGURES))
+    for c in CONTENDERS:
+        cells = ["—" if med[c][k] is None else f"{med[c][k]:.3f}" for k in FIGURES]
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    f, p = med["fedsim"], med["plain_flower"]
+    print()
+    for bare in ("bare_1x2", "bare_2x1"):
+        ratio = f["steady_round_s"] / med[bare]["steady_round_s"]
+        print(f"steady round, fedsim / {bare}: {ratio:.3f} (target <= 1.15)")
+    print(f"end to end, plain Flower / fedsim: {p['end_to_end_s'] / f['end_to_end_s']:.3f} "
+          "(target >= 2)")
+    print(f"start-up, fedsim: {f['startup_s']:.2f} s (target <= 6)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="default")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     args = parser.parse_args()
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in CONTENDERS}
+    workload = WORKLOADS[args.workload]
+    results: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
     for rep in range(args.reps):
         for contender in CONTENDERS:
             with tempfile.TemporaryDirectory() as tmp:
-                if contender == "fedsim":
-                    results[contender].append(run_fedsim(Path(tmp)))
-                else:
-                    results[contender].append(run_marked(contender, Path(tmp)))
-            print(f"rep {rep + 1}/{args.reps} {contender}: {results[contender][-1]}", file=sys.stderr)
-    keys = ("end_to_end_s", "startup_s", "steady_round_s", "peak_pss_mib",
-            "overhead_per_client_call_s", "final_accuracy")
-    medians = {
-        c: {k: (statistics.median(v) if (v := [r[k] for r in runs if r[k] is not None]) else None)
-            for k in keys}
-        for c, runs in results.items()
-    }
-    print(f"workload: {W.__doc__.strip().splitlines()[0]} ({args.reps} interleaved repetitions)")
-    print("| contender | " + " | ".join(keys) + " |")
-    print("|---|" + "---:|" * len(keys))
-    for c in CONTENDERS:
-        cells = ["—" if medians[c][k] is None else f"{medians[c][k]:.3f}" for k in keys]
-        print(f"| {c} | " + " | ".join(cells) + " |")
-    f, p, b = medians["fedsim"], medians["plain_flower"], medians["bare_compute"]
-    print()
-    print(f"steady round, fedsim / bare compute: {f['steady_round_s'] / b['steady_round_s']:.3f} (target <= 1.15)")
-    print(f"end to end, plain Flower / fedsim:   {p['end_to_end_s'] / f['end_to_end_s']:.3f} (target >= 2)")
-    print(f"start-up, fedsim:                    {f['startup_s']:.2f} s (target <= 6)")
+                results[contender].append(run_one(contender, workload, Path(tmp)))
+            shown = {k: round(v, 3) for k, v in results[contender][-1].items() if v is not None}
+            print(f"rep {rep + 1}/{args.reps} {contender}: {shown}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"workload": workload.name, "runs": results}, indent=1))
+    report(workload, args.reps, results)
 
 
 if __name__ == "__main__":

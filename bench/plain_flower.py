@@ -29,9 +29,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench import workload as W
-from bench.workload import event
+from bench.workload import current, event
 from fedsim.models.mobilenet_v2 import mobilenet_v2
+
+W = current()
 
 
 def Net() -> torch.nn.Module:
@@ -50,7 +51,7 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int):
     )
     mean, std = x_train.mean(), x_train.std()
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    order = np.random.default_rng(W.SEED).permutation(len(x_train))
+    order = np.random.default_rng(W.seed).permutation(len(x_train))
     part = np.array_split(order, num_partitions)[partition_id]
     train = TensorDataset(torch.from_numpy(x_train[part]), torch.from_numpy(y_train[part]))
     test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
@@ -58,7 +59,7 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int):
 
 
 def train_fn(net, loader, epochs: int, lr: float) -> float:
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=W.MOMENTUM)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=W.momentum)
     net.train()
     total, seen = 0.0, 0
     for _ in range(epochs):
@@ -81,8 +82,8 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
-    trainloader, _ = load_data(partition_id, num_partitions, W.BATCH_SIZE)
-    loss = train_fn(model, trainloader, W.EPOCHS, W.LR)
+    trainloader, _ = load_data(partition_id, num_partitions, W.batch_size)
+    loss = train_fn(model, trainloader, W.epochs, W.lr)
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(trainloader.dataset)})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
@@ -93,7 +94,7 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     model = Net()
     model.load_state_dict(arrays.to_torch_state_dict())
     model.eval()
-    _, testloader = load_data(0, W.POPULATION, W.BATCH_SIZE)
+    _, testloader = load_data(0, W.population, W.batch_size)
     correct = total = 0
     with torch.no_grad():
         for x, y in testloader:
@@ -108,10 +109,10 @@ server = ServerApp()
 
 @server.main()
 def main(grid: Grid, context: Context) -> None:
-    torch.manual_seed(W.SEED)
-    strategy = FedAvg(fraction_train=W.COHORT / W.POPULATION, fraction_evaluate=0.0)
+    torch.manual_seed(W.seed)
+    strategy = FedAvg(fraction_train=W.cohort / W.population, fraction_evaluate=0.0)
     strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=W.ROUNDS,
+        grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=W.rounds,
         evaluate_fn=central_evaluate,
     )
 
@@ -119,9 +120,9 @@ def main(grid: Grid, context: Context) -> None:
 if __name__ == "__main__":
     event("process_start")
     run_simulation(
-        server_app=server, client_app=app, num_supernodes=W.POPULATION,
+        server_app=server, client_app=app, num_supernodes=W.population,
         backend_config={
-            "client_resources": {"num_cpus": W.CLIENT_CPUS, "num_gpus": 0.0},
-            "init_args": {"num_cpus": W.TOTAL_CPUS, "include_dashboard": False},
+            "client_resources": {"num_cpus": W.client_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": W.total_cpus, "include_dashboard": False},
         },
     )
