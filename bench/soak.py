@@ -11,13 +11,17 @@ sample after warm-up and the last, and its slope over the second half of the run
 killed actor's restart), in MiB per 100 rounds. Two samples cannot tell a leak from warm-up;
 a slope over many samples can.
 
-    python bench/soak.py [--rounds 1000] [--every 50] [--csv soak_pss.csv]
+    python bench/soak.py [--rounds 1000] [--every 50] [--csv soak_pss.csv] [--env KEY=VALUE ...]
+
+``--env`` sets environment variables for the run (e.g. ``MALLOC_ARENA_MAX=2``, to test whether
+memory growth is the C allocator's fragmentation), inherited by Ray's processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -74,7 +78,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--every", type=int, default=50, help="sample PSS every n rounds")
     parser.add_argument("--csv", type=Path, default=None, help="write the PSS samples here")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra environment variables for the run")
     args = parser.parse_args()
+    env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
     kill_at = args.rounds // 2
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -86,7 +93,8 @@ def main() -> None:
             "audit=none", "progress=lines", f"hydra.run.dir={run_dir}",
         ]
         started = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
         metrics, samples = run_dir / "metrics.jsonl", {}
         marks = sorted({10, *range(args.every, args.rounds, args.every), args.rounds - 5})
         while proc.poll() is None:

@@ -118,8 +118,12 @@ def launch(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-warm-up") as pool:
         warming = pool.submit(meanwhile) if meanwhile is not None else None
         start_ray(backend, verbose)
-        if warming is not None:
-            warming.result()
+        try:
+            if warming is not None:
+                warming.result()
+        except BaseException:
+            ray.shutdown()  # Flower, which would have shut it down, never started
+            raise
     # Everything imported and prepared so far (torch, Flower, Ray, the dataset: a few hundred
     # thousand objects) outlives the simulation. Freezing it keeps the garbage collections
     # during the run from walking it again and again (each full one costs ~0.3 s here); it is
