@@ -12,9 +12,11 @@ killed actor's restart), in MiB per 100 rounds. Two samples cannot tell a leak f
 a slope over many samples can.
 
     python bench/soak.py [--rounds 1000] [--every 50] [--csv soak_pss.csv] [--env KEY=VALUE ...]
+                         [--override key=value ...]
 
 ``--env`` sets environment variables for the run (e.g. ``MALLOC_ARENA_MAX=2``, to test whether
-memory growth is the C allocator's fragmentation), inherited by Ray's processes.
+memory growth is the C allocator's fragmentation), inherited by Ray's processes; ``--override``
+adds ``run_sim.py`` overrides (e.g. ``update.compression=int8``, to soak the decoding path).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None, help="write the PSS samples here")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra environment variables for the run")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra run_sim.py overrides")
     args = parser.parse_args()
     env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
     kill_at = args.rounds // 2
@@ -90,7 +94,7 @@ def main() -> None:
             "simulation.population=20", "simulation.clients_per_round=4",
             "simulation.local.epochs=1", "simulation.eval_every=100", "model.width_mult=0.35",
             "faults.client_error_rate=0.1", f"faults.kill_actor_at_round={kill_at}",
-            "audit=none", "progress=lines", f"hydra.run.dir={run_dir}",
+            "audit=none", "progress=lines", f"hydra.run.dir={run_dir}", *args.override,
         ]
         started = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

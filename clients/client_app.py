@@ -193,7 +193,7 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     if fresh:
         # The modules, model and dataset a first call sets up live as long as the actor;
         # frozen, they are skipped by the garbage collections of every later call (a full
-        # collection of an actor's heap walks them all: ~0.25 s each time).
+        # collection of an actor's heap walks them all: ~0.2 s each time).
         gc.freeze()
 
     handling = time.perf_counter()  # from here on: what simulation.client_timeout_s limits

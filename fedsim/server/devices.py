@@ -176,8 +176,9 @@ class DeviceSimulation:
     def warm_up(self) -> None:
         """Fill the caches for the mode and batch each tier starts from, before round 1.
 
-        A process's first meta-tensor trace imports much of ``torch.fx`` and SymPy (~1 s here);
-        :func:`fedsim.simulation.run` has it done while Ray starts instead of in round 1.
+        A process's first meta-tensor trace makes torch import ``torch._dynamo`` and SymPy for
+        its meta kernels (~1.2 s here); :func:`fedsim.simulation.run` has it done while Ray
+        starts instead of in round 1.
         """
         epochs = 1 if self.one_pass else self.epochs
         for name in self.fleet.mix:
