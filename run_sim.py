@@ -1,7 +1,7 @@
 """fedsim's command line: ``python run_sim.py [group=option ...] [key=value ...]`` (``-m`` sweeps).
 
 A thin Hydra entry: it composes ``conf/``, hands the config and Hydra's run directory to
-:func:`fedsim.simulation.run`, and turns bad input into one line on stderr.
+:func:`fedsim.run.simulation.run`, and turns bad input into one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from fedsim.config import check_group_options, parse_simulation
 from fedsim.errors import UserInputError
-from fedsim.resume import resume_config
+from fedsim.run.resume import resume_config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float | None:
             out_dir = Path(cfg.resume)
             cfg = resume_config(out_dir, list(HydraConfig.get().overrides.task))
         parse_simulation(cfg)  # fail on a bad value before torch, Flower and Ray are imported
-        from fedsim.simulation import run
+        from fedsim.run.simulation import run
 
         summary = run(
             cfg, out_dir, verbose=verbose, progress=str(cfg.get("progress", "auto")),

@@ -4,8 +4,8 @@ MobileNetV2 width 0.5 with BatchNorm (``conf/model/mobilenet_v2.yaml``) on digit
 (1x8x8, 10 classes): one phone with 40 real digits images trains 5 epochs of SGD (batch 8,
 lr 0.05, momentum 0.9) through ``clients.training.train_in_mode`` in each mode, from the same
 initial weights, 3 repetitions, median wall time on 1 thread. Printed as a markdown table with
-the estimated training-step memory (``clients.memory.estimate_train_memory``) and the
-client-round FLOPs (``clients.flops.train_cost``).
+the estimated training-step memory (``fedsim.fleet.memory.estimate_train_memory``) and the
+client-round FLOPs (``fedsim.fleet.flops.train_cost``).
 
 Usage: ``python -m bench.finetune_modes``. ``int8_head``'s time includes the post-training
 quantisation of the backbone (FX prepare / calibrate / convert), which the client repeats every
@@ -30,8 +30,8 @@ def main() -> None:
     import torch
 
     from clients.finetune import FineTuneMode
-    from clients.flops import train_cost
-    from clients.memory import estimate_train_memory
+    from fedsim.fleet.flops import train_cost
+    from fedsim.fleet.memory import estimate_train_memory
     from clients.training import LocalRecipe, train_in_mode
     from fedsim.data.shards import ShardSource
     from fedsim.models.factory import ModelBuilder

@@ -4,7 +4,7 @@ For each student in ``conf/model`` (at its config's width) and, for reference, t
 teacher (``conf/teacher/resnet20.yaml``), on Fashion-MNIST shapes (1x28x28, 10 classes):
 
 - ``parameters``, ``bytes_fp32``, ``bytes_int8``, ``flops_per_inference``
-  (:func:`fedsim.models.size.model_size`);
+  (:func:`fedsim.fleet.model_size.model_size`);
 - ``train step (ms)``: one SGD step (batch 8, full fine-tuning, momentum 0.9) on 1 thread,
   median of ``--steps`` after 3 warm-up steps;
 - ``accuracy``: the final test accuracy of one fixed federated recipe through ``run_sim.py``:
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--no-runs", action="store_true", help="skip the federated runs")
     args = parser.parse_args()
 
-    from fedsim.models.size import model_size
+    from fedsim.fleet.model_size import model_size
 
     torch.set_num_threads(1)
     rows = [(name, node("model", name), True) for name in STUDENTS]

@@ -8,11 +8,11 @@ upload (:mod:`clients.updates`: the ``update.kind`` tensors, attacked if the pho
 malicious, compressed) as an ArrayRecord plus a ConfigRecord of codec metadata
 (``fedsim.keys.PAYLOAD``), and a MetricRecord with Flower's ``num-examples`` and
 ``train_loss`` and fedsim's bookkeeping (client id, update kind, payload bytes, ...). The
-server's :class:`fedsim.server.updates.DecodeUpdates` turns it back into weights.
+server's :class:`fedsim.strategy.decode_updates.DecodeUpdates` turns it back into weights.
 
 The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optional
 ``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round. The
-server's device simulation (:mod:`fedsim.server.devices`) sets the fine-tuning mode and batch
+server's device simulation (:mod:`fedsim.fleet.device_simulation`) sets the fine-tuning mode and batch
 size it chose for this phone under its memory budget (``fedsim.keys.FINETUNE_MODE``,
 ``BATCH_SIZE``), and whether it distills (``fedsim.keys.DISTILL``, ``distill.where=client``):
 then the phone runs the teacher once over its shard, frees it, and trains against its logits.
@@ -41,7 +41,7 @@ from torch import nn
 
 from clients.distillation import KDLoss, logits_of
 from clients.finetune import FineTuneMode
-from clients.privacy import local_dp_rng, privatize
+from clients.local_dp import local_dp_rng, privatize
 from clients.training import LocalRecipe, LocalResult, train_in_mode
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
@@ -50,8 +50,8 @@ from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.wire import to_records
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.pretrain import load_cached
-from fedsim.teacher import TeacherOnDevice
+from fedsim.proxy.pretrain import load_cached
+from fedsim.proxy.teacher import TeacherOnDevice
 from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
 # Distinguishes the local-training random stream from every other consumer of the run seed.
@@ -264,7 +264,7 @@ def apply_local_dp(
 
     The trained weights become ``received + clip(update) + noise`` (weights and delta kinds);
     a gradient is clipped and noised itself. The reply then weighs 1: a true sample count would
-    leak the shard size (see :mod:`clients.privacy`).
+    leak the shard size (see :mod:`clients.local_dp`).
     """
     if keys.LOCAL_DP_CLIPPING_NORM not in config:
         return after, gradient, {}

@@ -4,7 +4,7 @@ This module owns the fine-tuning modes of on-device training as pure functions o
 structure (``trainable_names``) plus the one stateful step that applies a mode to a model
 (``apply_mode``), and the shape trace of a training forward in a mode
 (``trace_training_forward``: which ops run, on which shapes, and which tensors then need
-gradients) that the memory and FLOP models (``clients.memory``, ``clients.flops``) read.
+gradients) that the memory and FLOP models (``fedsim.fleet.memory``, ``fedsim.fleet.flops``) read.
 The modes trade accuracy for memory and compute on the phone:
 
 - ``full``: every parameter, the FedAvg default.
@@ -13,7 +13,7 @@ The modes trade accuracy for memory and compute on the phone:
 - ``bias``: every bias, the affine parameters of every norm layer and the head, as in TinyTL
   [1]_. The trainable parameters are few, but gradients still flow through the whole backbone.
   [1]_'s point is that bias gradients do not need the conv *inputs*, only the weights, so a
-  frozen conv need not store its input activation; see ``clients.memory`` for how much of that
+  frozen conv need not store its input activation; see ``fedsim.fleet.memory`` for how much of that
   saving stock PyTorch realises (none, for convolutions).
 - ``qat``: every parameter, trained through int8 fake quantisation of weights and activations
   (``clients.quantize``) so the model degrades little when deployed in int8.

@@ -21,7 +21,7 @@ This module owns the two quantised fine-tuning modes of ``clients.finetune``:
 
 The pure helpers (``affine_qparams``, ``symmetric_scales``, ``ema_range``) are the maths of
 [1]_ section 2 and [2]_ section 2; ``int8_weight_bytes`` is the storage accounting of the int8
-backbone that ``clients.memory`` measures.
+backbone that ``fedsim.fleet.memory`` measures.
 
 References
 ----------

@@ -1,7 +1,7 @@
 """What a client uploads (``update.kind``) and how the server turns it back into weights.
 
 Three kinds, shared by the device side (:mod:`clients.updates`) and the server-side wrapper
-(:mod:`fedsim.server.updates`):
+(:mod:`fedsim.strategy.decode_updates`):
 
 - ``weights``: the trained model, as FedAvg (McMahan et al., AISTATS 2017) sends it.
 - ``delta``: trained minus received weights.

@@ -1,8 +1,8 @@
-"""The memory-budget policy (clients.budget) with a hand-made estimate."""
+"""The memory-budget policy (fedsim.fleet.budget) with a hand-made estimate."""
 
 import pytest
 
-from clients.budget import MemoryBudget, TrainPlan, fallback_modes, halved_batches
+from fedsim.fleet.budget import MemoryBudget, TrainPlan, fallback_modes, halved_batches
 from fedsim.config import ConfigError
 
 PER_SAMPLE = {"full": 10, "bias": 6, "head": 1}

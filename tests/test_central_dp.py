@@ -10,8 +10,8 @@ from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, Krum
 from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant
-from fedsim.privacy.central_dp import CentralDP
-from fedsim.privacy.mechanisms import CentralDPFixedClipping
+from fedsim.strategy.central_dp import CentralDP
+from fedsim.privacy.options import CentralDPFixedClipping
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.rounds import budget_exhausted
 from tests.test_end_to_end import rounds as read_rounds

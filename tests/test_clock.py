@@ -1,9 +1,9 @@
-"""The simulated clock (fedsim.clock), checked against numbers worked out by hand."""
+"""The simulated clock (fedsim.fleet.clock), checked against numbers worked out by hand."""
 
 import pytest
 
-from fedsim.clock import ClientCost, client_round_cost, hour_of, round_duration
-from fedsim.devices import DeviceProfile
+from fedsim.fleet.clock import ClientCost, client_round_cost, hour_of, round_duration
+from fedsim.fleet.profile import DeviceProfile
 
 # 10 Mbit/s both ways, 100 ms latency, 1 GFLOP/s fp32, 4 GFLOP/s int8.
 TOY = DeviceProfile(

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from fedsim.attacks.byzantine import ByzantineBehaviour
 from fedsim.config import ConfigError, locate_targets, parse_simulation
 from fedsim.errors import UserInputError
-from fedsim.preparation import prepare
+from fedsim.run.preparation import prepare
 from fedsim.updates import UpdateRule
 
 ROOT = Path(__file__).resolve().parents[1]

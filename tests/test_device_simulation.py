@@ -7,17 +7,17 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 
-from clients.budget import MemoryBudget
-from clients.flops import train_cost
-from clients.memory import estimate_train_memory
+from fedsim.fleet.budget import MemoryBudget
+from fedsim.fleet.flops import train_cost
+from fedsim.fleet.memory import estimate_train_memory
 from fedsim import keys
-from fedsim.availability import AlwaysOnline
+from fedsim.fleet.availability import AlwaysOnline
 from fedsim.config import FineTune
-from fedsim.devices import DeviceProfile
-from fedsim.fleet import Fleet
-from fedsim.reporting.run_log import RoundRecord
-from fedsim.reporting.summary import device_report
-from fedsim.server.devices import MIB, DeviceSimulation, keep_first_finishers
+from fedsim.fleet.profile import DeviceProfile
+from fedsim.fleet.fleet import Fleet
+from fedsim.report.run_log import RoundRecord
+from fedsim.report.summary import device_report
+from fedsim.fleet.device_simulation import MIB, DeviceSimulation, keep_first_finishers
 
 INPUT = (1, 8, 8)
 SAMPLES = 20  # every phone's shard

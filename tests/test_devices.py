@@ -1,4 +1,4 @@
-"""Device profiles (fedsim.devices, conf/device) and availability models (fedsim.availability)."""
+"""Device profiles (fedsim.fleet.profile, conf/device) and availability models (fedsim.fleet.availability)."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -7,9 +7,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedsim.availability import AlwaysOnline, Diurnal, TraceAvailability
+from fedsim.fleet.availability import AlwaysOnline, Diurnal, TraceAvailability
 from fedsim.config import ConfigError
-from fedsim.devices import DeviceProfile
+from fedsim.fleet.profile import DeviceProfile
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TIERS = ("low_end", "mid_range", "flagship", "wearable")

@@ -11,24 +11,24 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 
-from clients.budget import MemoryBudget
+from fedsim.fleet.budget import MemoryBudget
 from clients.distillation import KDLoss, kd_loss, logits_of, soft_targets
-from clients.flops import count_flops
-from clients.memory import estimate_inference_memory, estimate_train_memory
+from fedsim.fleet.flops import count_flops
+from fedsim.fleet.memory import estimate_inference_memory, estimate_train_memory
 from clients.training import LocalRecipe, train_in_mode
 from fedsim import keys
-from fedsim.availability import AlwaysOnline
+from fedsim.fleet.availability import AlwaysOnline
 from fedsim.config import ConfigError, FineTune
 from fedsim.data.shards import ShardSource
-from fedsim.distillation import Distillation, DistilledPretraining, distilled_pretraining
-from fedsim.fleet import Fleet
+from fedsim.proxy.distillation import Distillation, DistilledPretraining, distilled_pretraining
+from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.resnet import resnet
 from fedsim.models.state import exchangeable_state
-from fedsim.pretrain import Pretraining, cache_key
-from fedsim.server.devices import MIB, DeviceSimulation
-from fedsim.server.distillation import EnsembleDistillation, ensemble_targets
-from fedsim.teacher import Teacher, trained_teacher
+from fedsim.proxy.pretrain import Pretraining, cache_key
+from fedsim.fleet.device_simulation import MIB, DeviceSimulation
+from fedsim.strategy.ensemble_distillation import EnsembleDistillation, ensemble_targets
+from fedsim.proxy.teacher import Teacher, trained_teacher
 from tests.test_device_simulation import INPUT, SAMPLES, profile, sent, tiny_model
 
 # --- the loss -------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_the_teacher_costs_its_download_and_one_forward_per_sample_on_the_clock(
 
 
 def test_server_pre_starts_from_a_student_distilled_on_the_proxy_split(tmp_path) -> None:
-    from fedsim.preparation import prepare, prepared_teacher, starting_point
+    from fedsim.run.preparation import prepare, prepared_teacher, starting_point
     from tests.test_config import make_cfg
 
     small = [

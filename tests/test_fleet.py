@@ -1,4 +1,4 @@
-"""The fleet (fedsim.fleet) and its Hydra configs (conf/fleet)."""
+"""The fleet (fedsim.fleet.fleet) and its Hydra configs (conf/fleet)."""
 
 import math
 import sys
@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from fedsim.config import ConfigError
-from fedsim.devices import DeviceProfile
-from fedsim.fleet import Fleet, hashed_uniform, tier_counts
+from fedsim.fleet.profile import DeviceProfile
+from fedsim.fleet.fleet import Fleet, hashed_uniform, tier_counts
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from clients.flops import TrainCost, count_flops, train_cost, train_flops
+from fedsim.fleet.flops import TrainCost, count_flops, train_cost, train_flops
 from fedsim.models.mobilenet_v2 import mobilenet_v2
 
 torch.set_num_threads(1)

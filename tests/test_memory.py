@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clients.finetune import FineTuneMode, apply_mode, trainable_names
-from clients.memory import MemoryEstimate, estimate_train_memory, measure_train_memory
+from fedsim.fleet.memory import MemoryEstimate, estimate_train_memory, measure_train_memory
 from clients.quantize import quantize_backbone
 from fedsim.models.layers import group_norm
 from fedsim.models.mobilenet_v2 import mobilenet_v2

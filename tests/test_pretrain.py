@@ -9,12 +9,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import fedsim.pretrain as pretrain_module
+import fedsim.proxy.pretrain as pretrain_module
 from fedsim.config import ConfigError
 from fedsim.data.partition import proxy_indices
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
-from fedsim.pretrain import (
+from fedsim.proxy.pretrain import (
     Pretraining,
     cache_key,
     load_pretrained,

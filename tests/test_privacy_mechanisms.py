@@ -8,13 +8,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg, QFedAvg
 
-from clients.privacy import privatize
+from clients.local_dp import privatize
 from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant, epsilon
-from fedsim.privacy.central_dp import AdaptiveClipping, CentralDP
+from fedsim.strategy.central_dp import AdaptiveClipping, CentralDP
 from fedsim.privacy.local_dp import LocalDP, LocalDPAccountant, LocalDPInstructions
-from fedsim.privacy.mechanisms import CentralDPAdaptiveClipping, CentralDPFixedClipping, deployment
+from fedsim.privacy.options import CentralDPAdaptiveClipping, CentralDPFixedClipping, deployment
 from fedsim.server.sampler import CohortSampler
 from tests.test_central_dp import replies_for
 from tests.test_virtual_clients import FakeGrid

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.checkpoint import CHECKPOINT_FILE, write_atomically
+from fedsim.run.checkpoint import CHECKPOINT_FILE, write_atomically
 from fedsim.config import Faults
 from fedsim.config import ConfigError
-from fedsim.resume import resume_config
+from fedsim.run.resume import resume_config
 from fedsim.server.faults import FaultPlan
 from fedsim.server.sampler import CohortSampler
 from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, run_cli

@@ -6,8 +6,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from fedsim import keys
-from fedsim.reporting.run_log import RoundRecord, RunLog, read_records
-from fedsim.reporting.summary import summarize
+from fedsim.report.run_log import RoundRecord, RunLog, read_records
+from fedsim.report.summary import summarize
 from fedsim.server.rounds import RoundPlan, tally, weighted_train_loss
 
 

@@ -4,7 +4,7 @@ import pytest
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from fedsim.privacy import PrivacyConfigError
-from fedsim.privacy.central_dp import CentralDP
+from fedsim.strategy.central_dp import CentralDP
 from fedsim.privacy.secagg import LABEL, SecAggPlusCostModel, abort_probability, binomial_cdf
 
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from fedsim.models.state import exchangeable_state
-from fedsim.preparation import initial_model, prepare
+from fedsim.run.preparation import initial_model, prepare
 from tests.test_config import make_cfg, options
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.server.rounds import traffic
-from fedsim.server.updates import DecodeUpdates
+from fedsim.strategy.decode_updates import DecodeUpdates
 from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, rounds, run_cli
 from tests.test_updates import environment, initial, one_round, parameters, prepared
 

@@ -1,7 +1,7 @@
 """Tests for the compact students ShuffleNetV2, GhostNet and SqueezeNet 1.1.
 
 Reference parameter counts, shapes on digit-sized inputs, every fine-tuning mode, and the
-memory / FLOP models (``clients.memory``, ``clients.flops``) on their ops (concatenation,
+memory / FLOP models (``fedsim.fleet.memory``, ``fedsim.fleet.flops``) on their ops (concatenation,
 channel shuffle, max pooling). Models are kept tiny (width 0.5, 8x8 inputs) except where a
 count at the papers' 224 px is checked, which only builds the model.
 """
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from clients.finetune import FineTuneMode, trace_training_forward, trainable_names
-from clients.flops import op_flops
-from clients.memory import estimate_train_memory, measure_train_memory
+from fedsim.fleet.flops import op_flops
+from fedsim.fleet.memory import estimate_train_memory, measure_train_memory
 from clients.training import LocalRecipe, train_in_mode
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.ghostnet import ghostnet

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsim.reporting.tradeoff import aggregate, find_jobs, write_report
+from fedsim.report.tradeoff import aggregate, find_jobs, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

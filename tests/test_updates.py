@@ -25,9 +25,9 @@ from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.wire import from_records, record_nbytes
 from fedsim.models.state import exchangeable_state
 from fedsim.server.rounds import traffic
-from fedsim.server.updates import DecodeUpdates
-from fedsim.server.virtual_clients import VirtualClients, client_id_of
-from fedsim.preparation import prepare
+from fedsim.strategy.decode_updates import DecodeUpdates
+from fedsim.strategy.virtual_clients import VirtualClients, client_id_of
+from fedsim.run.preparation import prepare
 from fedsim.updates import UpdateRule, kind_code
 from tests.test_config import CONF
 from tests.test_virtual_clients import FakeGrid

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedsim import keys
 from fedsim.server.sampler import CohortSampler
-from fedsim.server.virtual_clients import VirtualClients, client_id_of
+from fedsim.strategy.virtual_clients import VirtualClients, client_id_of
 
 
 class FakeGrid(Grid):
@@ -124,8 +124,8 @@ def test_wrapped_strategy_with_a_cohort_of_one_does_not_wait_for_nodes() -> None
     import threading
 
     from fedsim.compression.codecs import NoCompression
-    from fedsim.server.updates import DecodeUpdates
-    from fedsim.server.wrapper import innermost
+    from fedsim.strategy.decode_updates import DecodeUpdates
+    from fedsim.strategy.wrapper import innermost
     from fedsim.updates import UpdateRule
 
     inner = FedAvg(min_available_nodes=2)

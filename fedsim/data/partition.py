@@ -18,7 +18,7 @@ per client, so millions of virtual phones cost no more memory than the dataset.
 (Zeng et al. 2021, arXiv:2107.11621).
 
 The server may hold back a stratified *proxy split* first (:func:`proxy_indices`, for
-pre-training, see ``fedsim.pretrain``); the partitioners then split only the *client pool*
+pre-training, see ``fedsim.proxy.pretrain``); the partitioners then split only the *client pool*
 (:func:`client_pool`), so no phone ever holds a sample the server trained on.
 """
 

@@ -6,7 +6,7 @@ first use, and afterwards answers ``shard(client_id)`` with one fancy-index into
 already holds: no reload, no re-partitioning per call, and nothing stored per client, so memory
 does not grow with the population.
 
-When the server pre-trains on a proxy split (``fedsim.pretrain``), that split is held out of the
+When the server pre-trains on a proxy split (``fedsim.proxy.pretrain``), that split is held out of the
 train split first and the partitioner sees only the rest, the *client pool*: no phone holds a
 sample the server trained on. The proxy split depends on its own fraction and seed and not on
 the run seed, so every run over the same dataset holds out the same samples.

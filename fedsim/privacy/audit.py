@@ -112,8 +112,8 @@ def audit_finished_run(run_dir: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from fedsim.models.state import load_exchangeable_state
-    from fedsim.preparation import prepare  # here: preparation imports this module
-    from fedsim.reporting.run_log import read_records
+    from fedsim.run.preparation import prepare  # here: preparation imports this module
+    from fedsim.report.run_log import read_records
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     prepared = prepare(cfg)

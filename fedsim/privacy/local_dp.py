@@ -18,7 +18,7 @@ carries std ``z C / sqrt(m)`` per coordinate, ``sqrt(m)`` times central DP's ``z
 
 This module is the server's half: the config option (:class:`LocalDP`), the wrapper that tells
 clients ``C`` and ``z`` (:class:`LocalDPInstructions`), and the accountant
-(:class:`LocalDPAccountant`). The device's half is :mod:`clients.privacy`.
+(:class:`LocalDPAccountant`). The device's half is :mod:`clients.local_dp`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import default_delta, epsilon
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.sampler import CohortSampler
-from fedsim.server.wrapper import StrategyWrapper
+from fedsim.strategy.wrapper import StrategyWrapper
 
 
 def local_dp_event(noise_multiplier: float, reports: int) -> dp_accounting.DpEvent:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.reporting.plots import pyplot
+from fedsim.report.plots import pyplot
 
 Curve = tuple[np.ndarray, np.ndarray]
 _EXP_LIMIT = 700.0  # math.exp overflows above ~709.78; the bound is 1 long before that  # (fpr, tpr), both rising from 0 to 1

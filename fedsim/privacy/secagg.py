@@ -35,7 +35,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy import PrivacyConfigError
-from fedsim.privacy.central_dp import NOT_MEAN_AGGREGATORS
+from fedsim.strategy.central_dp import NOT_MEAN_AGGREGATORS
 
 LABEL = "SecAgg+ cost model (protocol not run)"
 ROUND_TRIPS = 4  # setup, share keys, collect masked vectors, unmask

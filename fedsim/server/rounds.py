@@ -25,10 +25,10 @@ from fedsim import keys
 from fedsim.compression.wire import record_nbytes
 from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
-from fedsim.reporting.run_log import RoundRecord
-from fedsim.server.devices import DeviceSimulation
+from fedsim.report.run_log import RoundRecord
+from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.server.evaluation import Evaluation
-from fedsim.server.wrapper import innermost
+from fedsim.strategy.wrapper import innermost
 
 log = logging.getLogger("fedsim")
 

@@ -1,7 +1,7 @@
 """The Flower ServerApp: a thin shell that runs fedsim's round loop on the grid it is given.
 
 ``run_simulation`` hands the ServerApp an empty run config, so everything it needs arrives
-through this factory's closure, built by :mod:`fedsim.simulation` in the same process.
+through this factory's closure, built by :mod:`fedsim.run.simulation` in the same process.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy.plan import PrivacyPlan
-from fedsim.reporting.run_log import RoundRecord
-from fedsim.server.devices import DeviceSimulation
+from fedsim.report.run_log import RoundRecord
+from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.server.evaluation import Evaluation
 from fedsim.server.rounds import RoundPlan, run_rounds
 

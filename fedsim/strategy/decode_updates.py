@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.compression.wire import from_records, whole_tensors
-from fedsim.server.wrapper import StrategyWrapper
+from fedsim.strategy.wrapper import StrategyWrapper
 from fedsim.updates import WEIGHTS, UpdateRule, reconstruct
 
 

@@ -10,9 +10,9 @@ two (``both``). The loss is Hinton et al.'s (:mod:`clients.distillation`); with
 ``distill.alpha < 1`` the proxy split's labels contribute too.
 
 :class:`EnsembleDistillation` wraps the (possibly DP-wrapped) strategy inside
-:class:`fedsim.server.updates.DecodeUpdates`, so it sees every completed reply as weights. It
+:class:`fedsim.strategy.decode_updates.DecodeUpdates`, so it sees every completed reply as weights. It
 needs the individual client models, so ``clients`` and ``both`` are refused with central DP or
-secure aggregation (:func:`fedsim.preparation.check_distillation`); ``teacher`` only
+secure aggregation (:func:`fedsim.run.preparation.check_distillation`); ``teacher`` only
 post-processes the aggregate, which neither protects. The refinement's shuffles and dropout are
 seeded by (run seed, round), so a resumed run refines exactly as the uninterrupted one did.
 """
@@ -29,10 +29,10 @@ from flwr.serverapp.strategy import Strategy
 from clients.distillation import logits_of
 from clients.training import LocalRecipe, train_locally
 from fedsim.data.shards import ShardSource
-from fedsim.distillation import Distillation
+from fedsim.proxy.distillation import Distillation
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.server.wrapper import StrategyWrapper
+from fedsim.strategy.wrapper import StrategyWrapper
 
 # Distinguishes the server refinement's random stream from every other consumer of the seed.
 _SERVER_STREAM = 0xFEDDF

@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.server.sampler import CohortSampler
-from fedsim.server.wrapper import innermost
+from fedsim.strategy.wrapper import innermost
 
 
 class _CohortView(Grid):

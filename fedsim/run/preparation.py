@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
-from clients.budget import MemoryBudget
+from fedsim.fleet.budget import MemoryBudget
 from clients.distillation import logits_of
 from fedsim.config import (
     ConfigError,
@@ -39,16 +39,16 @@ from fedsim.config import (
 )
 from fedsim.data.datasets import DatasetSplits
 from fedsim.data.shards import ShardSource
-from fedsim.distillation import Distillation, distilled_pretraining
+from fedsim.proxy.distillation import Distillation, distilled_pretraining
 from fedsim.errors import UserInputError
-from fedsim.fleet import Fleet
+from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.audit import MembershipAudit, NoAudit
 from fedsim.privacy.plan import PrivacyPlan
-from fedsim.pretrain import Pretraining, load_pretrained, pretrained_state
+from fedsim.proxy.pretrain import Pretraining, load_pretrained, pretrained_state
 from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.server.sampler import CohortSampler
-from fedsim.teacher import Teacher, TeacherOnDevice, trained_teacher
+from fedsim.proxy.teacher import Teacher, TeacherOnDevice, trained_teacher
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -324,10 +324,10 @@ def starting_point(
     """The initial global model, and the pre-training report (``None`` without pre-training).
 
     Without pre-training the model is the seeded initialisation (part of the run seed). With it,
-    the server's pre-trained student (:mod:`fedsim.pretrain`, cached on disk) replaces it: its
+    the server's pre-trained student (:mod:`fedsim.proxy.pretrain`, cached on disk) replaces it: its
     weights depend on ``pretrain.*`` and not on the run seed, so runs that differ in seed,
     fine-tuning mode or fleet all start from the same student. With ``distill.where=server_pre``
-    the pre-training distills from ``teacher`` (:class:`fedsim.distillation.DistilledPretraining`)
+    the pre-training distills from ``teacher`` (:class:`fedsim.proxy.distillation.DistilledPretraining`)
     with the ``pretrain`` node's recipe.
     """
     torch.manual_seed(prepared.settings.seed)

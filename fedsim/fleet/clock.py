@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.devices import DeviceProfile
+from fedsim.fleet.profile import DeviceProfile
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def client_round_cost(
     profile : DeviceProfile
         The phone's tier.
     speed : float
-        The phone's throughput multiplier (:meth:`fedsim.fleet.Fleet.speed_of`); 1 = its tier.
+        The phone's throughput multiplier (:meth:`fedsim.fleet.fleet.Fleet.speed_of`); 1 = its tier.
     fp32_flops, int8_flops : float
         Training FLOPs run in fp32 and in int8 (the latter at ``int8_gflops``, on the NPU/DSP
         or, with ``int8_accelerator="none"``, on the CPU).

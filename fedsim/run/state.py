@@ -16,9 +16,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.checkpoint import CHECKPOINT_FILE, Checkpoint, snapshot, write_atomically
+from fedsim.run.checkpoint import CHECKPOINT_FILE, Checkpoint, snapshot, write_atomically
 from fedsim.privacy.plan import PrivacyPlan
-from fedsim.reporting.run_log import RoundRecord, RunLog
+from fedsim.report.run_log import RoundRecord, RunLog
 
 
 class RunState:

@@ -16,10 +16,10 @@ strategy or fine-tuning mode share one pre-trained student. The pre-training see
 ``pretrain.seed``, independent of the run seed, for the same reason.
 
 Extending it: subclass :class:`Pretraining` and override :meth:`Pretraining.train`, as
-:class:`fedsim.distillation.DistilledPretraining` does. The subclass's name and fields enter the
+:class:`fedsim.proxy.distillation.DistilledPretraining` does. The subclass's name and fields enter the
 cache key on their own (a field declared with ``metadata={"in_key": False}`` stays out), so a
 distilled student never collides with a plainly trained one. The teacher
-(:mod:`fedsim.teacher`) is trained and cached by the same code.
+(:mod:`fedsim.proxy.teacher`) is trained and cached by the same code.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ import csv
 import math
 from pathlib import Path
 
-from fedsim.clock import hour_of
+from fedsim.fleet.clock import hour_of
 from fedsim.config import ConfigError
-from fedsim.devices import DeviceProfile
-from fedsim.fleet import hashed_uniform
+from fedsim.fleet.profile import DeviceProfile
+from fedsim.fleet.fleet import hashed_uniform
 
 _ONLINE_STREAM = 0x0A11  # not the fleet's streams: being online is independent of the tier
 TRACE_HEADER = ("client_id", "start_s", "end_s")

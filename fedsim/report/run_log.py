@@ -38,7 +38,7 @@ class RoundRecord:
     clipping_norm: float | None = None  # DP clipping norm applied this round (None without DP)
     clients: list[int] = field(default_factory=list)  # virtual clients whose update was used
     secagg: dict | None = None  # secure-aggregation cost model's figures (None: no secagg)
-    sim_time_s: float = 0.0  # simulated time at the end of this round (fedsim.clock)
+    sim_time_s: float = 0.0  # simulated time at the end of this round (fedsim.fleet.clock)
     round_sim_s: float = 0.0  # simulated duration of this round
     energy_j: float = 0.0  # simulated energy of the phones that trained this round
     tiers: dict = field(default_factory=dict)  # per device tier: sampled, trained by mode, dropped

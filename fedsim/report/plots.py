@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from fedsim.reporting.run_log import RoundRecord
+from fedsim.report.run_log import RoundRecord
 
 
 def pyplot() -> ModuleType:
@@ -25,7 +25,7 @@ def pyplot() -> ModuleType:
 
 def plot_accuracy(records: list[RoundRecord], path: Path, title: str) -> None:
     """Accuracy of the global model at every evaluated round, and at the simulated time the
-    round ended (what a fleet would wait for it: :mod:`fedsim.clock`)."""
+    round ended (what a fleet would wait for it: :mod:`fedsim.fleet.clock`)."""
     plt = pyplot()
     evaluated = [r for r in records if r.accuracy is not None]
     fig, (by_round, by_time) = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)

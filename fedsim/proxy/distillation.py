@@ -1,6 +1,6 @@
 """Where knowledge distillation happens in a run: the ``distill`` config node.
 
-A compact student learns from a larger teacher (:mod:`fedsim.teacher`) through Hinton et al.'s
+A compact student learns from a larger teacher (:mod:`fedsim.proxy.teacher`) through Hinton et al.'s
 loss (:mod:`clients.distillation`). ``distill.where`` picks the place:
 
 ``none``
@@ -8,14 +8,14 @@ loss (:mod:`clients.distillation`). ``distill.where`` picks the place:
 ``server_pre``
     Before federated training, the server distills the student from the teacher on its proxy
     split; the phones start from that student. This *is* the server's pre-training
-    (:mod:`fedsim.pretrain`) with the distillation loss in place of cross-entropy
+    (:mod:`fedsim.proxy.pretrain`) with the distillation loss in place of cross-entropy
     (:class:`DistilledPretraining`), cached the same way, with the ``pretrain`` node's recipe.
 ``server_ensemble``
     After every aggregation the server refines the global student on the proxy split against
     the teacher's logits, the average logits of the round's client models, or both
     (``distill.ensemble``): FedDF, Lin, Kong, Stich and Jaggi, "Ensemble Distillation for
     Robust Model Fusion in Federated Learning", NeurIPS 2020
-    (:class:`fedsim.server.distillation.EnsembleDistillation`).
+    (:class:`fedsim.strategy.ensemble_distillation.EnsembleDistillation`).
 ``client``
     Each phone computes the teacher's logits on its own shard and trains against them. The
     teacher's download, inference memory and FLOPs count against the phone's memory budget and
@@ -37,7 +37,7 @@ from torch import nn
 
 from clients.distillation import KDLoss
 from fedsim.config import ConfigError
-from fedsim.pretrain import NOT_IN_KEY, Pretraining, PretrainReport, pretrain_student
+from fedsim.proxy.pretrain import NOT_IN_KEY, Pretraining, PretrainReport, pretrain_student
 
 WHERE = ("none", "server_pre", "server_ensemble", "client")
 ENSEMBLES = ("teacher", "clients", "both")

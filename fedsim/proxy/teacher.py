@@ -1,11 +1,11 @@
 """The teacher: a larger network the server trains on its proxy split, cached on disk.
 
-Knowledge distillation (``distill.where``, :mod:`fedsim.distillation`) needs a teacher that
+Knowledge distillation (``distill.where``, :mod:`fedsim.proxy.distillation`) needs a teacher that
 knows more than the student. fedsim's teacher is whatever network the ``teacher`` config group
 names (``conf/teacher``: a CIFAR ResNet-20, He et al. 2016, by default; MobileNetV2 at width
 1.0), trained with plain supervised SGD on the server's proxy split, the stratified share of
-the train split held out of every phone's shard (:mod:`fedsim.pretrain`). It is trained, cached
-and reloaded by :func:`fedsim.pretrain.pretrained_state`, so its cache key covers its
+the train split held out of every phone's shard (:mod:`fedsim.proxy.pretrain`). It is trained, cached
+and reloaded by :func:`fedsim.proxy.pretrain.pretrained_state`, so its cache key covers its
 architecture, its recipe, the proxy split and the dataset, and a second run with the same
 teacher reuses it (``summary.json["distill"]["teacher"]["cache"] == "hit"``).
 
@@ -25,8 +25,8 @@ from fedsim.config import ConfigError
 from fedsim.data.datasets import ArrayDataset
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
-from fedsim.models.size import model_size
-from fedsim.pretrain import NOT_IN_KEY, Pretraining, cache_path, load_pretrained, pretrained_state
+from fedsim.fleet.model_size import model_size
+from fedsim.proxy.pretrain import NOT_IN_KEY, Pretraining, cache_path, load_pretrained, pretrained_state
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def trained_teacher(
     tuple
         The network (eval mode); the ``teacher`` entry of ``summary.json["distill"]``: its
         builder, cache (``"hit"``/``"miss"``), key, epochs, train and test accuracy and its size
-        (:func:`fedsim.models.size.model_size`); and its :class:`TeacherOnDevice` recipe.
+        (:func:`fedsim.fleet.model_size.model_size`); and its :class:`TeacherOnDevice` recipe.
     """
     builder = teacher.builder(input_shape, num_classes)
     training = teacher.training(shards.proxy_fraction, shards.proxy_seed)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy import PrivacyConfigError
-from fedsim.privacy.central_dp import AdaptiveClipping, CentralDP
+from fedsim.strategy.central_dp import AdaptiveClipping, CentralDP
 from fedsim.privacy.clipping import adaptive_update_noise_multiplier
 from fedsim.privacy.plan import PrivacyPlan
 

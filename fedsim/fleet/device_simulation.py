@@ -6,17 +6,17 @@ the simulated clock, so a rerun or a resumed run decides exactly the same:
 1. **online** -- the ``availability`` model says whether the phone is online, idle and charging
    at the simulated hour (Bonawitz et al., "Towards Federated Learning at Scale", SysML 2019:
    phones train only then). Otherwise it is dropped as ``offline``.
-2. **memory** -- the budget policy (:class:`clients.budget.MemoryBudget`) checks the training
-   step's estimated memory (:func:`clients.memory.estimate_train_memory`, shapes only) against
+2. **memory** -- the budget policy (:class:`fedsim.fleet.budget.MemoryBudget`) checks the training
+   step's estimated memory (:func:`fedsim.fleet.memory.estimate_train_memory`, shapes only) against
    the tier's RAM: ``strict`` drops a phone that does not fit as ``oom``; ``adapt`` halves its
    batch and falls back to cheaper fine-tuning modes. The chosen mode and batch travel to the
    phone in its message.
 3. **teacher** -- with ``distill.where=client`` a phone distills only if the teacher's inference
-   (:func:`clients.memory.estimate_inference_memory`) fits in its RAM and the teacher's
+   (:func:`fedsim.fleet.memory.estimate_inference_memory`) fits in its RAM and the teacher's
    download and FLOPs over its shard still let it meet the deadline; otherwise it trains with
    plain cross-entropy and its tier's ``no_kd`` says why (``memory`` or ``deadline``).
-4. **deadline** -- the simulated clock (:mod:`fedsim.clock`) turns the phone's download, its
-   training FLOPs for the chosen mode (:func:`clients.flops.train_cost`) on its tier's
+4. **deadline** -- the simulated clock (:mod:`fedsim.fleet.clock`) turns the phone's download, its
+   training FLOPs for the chosen mode (:func:`fedsim.fleet.flops.train_cost`) on its tier's
    throughput (times its own speed), and its upload of the bytes it actually sent into seconds.
    A phone that finishes after ``simulation.deadline_s`` is dropped as ``straggler``. One whose
    download and compute alone already pass the deadline is not sent at all: the server would
@@ -42,15 +42,15 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 from torch import nn
 
-from clients.budget import MemoryBudget, TrainPlan
-from clients.flops import train_cost
-from clients.flops import count_flops
-from clients.memory import estimate_inference_memory, estimate_train_memory
+from fedsim.fleet.budget import MemoryBudget, TrainPlan
+from fedsim.fleet.flops import train_cost
+from fedsim.fleet.flops import count_flops
+from fedsim.fleet.memory import estimate_inference_memory, estimate_train_memory
 from fedsim import keys
-from fedsim.clock import ClientCost, client_round_cost, round_duration
+from fedsim.fleet.clock import ClientCost, client_round_cost, round_duration
 from fedsim.compression.wire import record_nbytes
 from fedsim.config import FineTune
-from fedsim.fleet import Fleet
+from fedsim.fleet.fleet import Fleet
 
 MIB = 2**20  # device RAM is in MiB, like the memory estimates
 
@@ -177,7 +177,7 @@ class DeviceSimulation:
         """Fill the caches for the mode and batch each tier starts from, before round 1.
 
         A process's first meta-tensor trace makes torch import ``torch._dynamo`` and SymPy for
-        its meta kernels (~1.2 s here); :func:`fedsim.simulation.run` has it done while Ray
+        its meta kernels (~1.2 s here); :func:`fedsim.run.simulation.run` has it done while Ray
         starts instead of in round 1.
         """
         epochs = 1 if self.one_pass else self.epochs

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedsim.reporting.run_log import RoundRecord
+from fedsim.report.run_log import RoundRecord
 
 
 def summarize(
@@ -47,7 +47,7 @@ def device_report(
 
     ``sim_time_s`` is the simulated time at the end of the last round (each round lasts until
     its slowest kept phone finished, or until the deadline when a phone missed it; see
-    :mod:`fedsim.clock`). ``time_to_target_s`` is the simulated time at the end of the first
+    :mod:`fedsim.fleet.clock`). ``time_to_target_s`` is the simulated time at the end of the first
     evaluated round whose accuracy reached ``target_accuracy`` (``None``: never reached, or no
     target). ``tiers`` sums each tier's per-round counts.
 

@@ -1,7 +1,7 @@
 """One simulation run, from a composed Hydra config to files in the run directory.
 
-The flow is one-way: config -> checked parts (:mod:`fedsim.preparation`, before Ray starts) ->
-Flower/Ray (:mod:`fedsim.engine`) -> round records and checkpoints (:mod:`fedsim.run_state`)
+The flow is one-way: config -> checked parts (:mod:`fedsim.run.preparation`, before Ray starts) ->
+Flower/Ray (:mod:`fedsim.run.engine`) -> round records and checkpoints (:mod:`fedsim.run.state`)
 -> summary, membership audit, model and plot. A resumed run starts from its checkpoint.
 """
 
@@ -27,31 +27,31 @@ from omegaconf import DictConfig
 
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
-from fedsim import checkpoint, engine
+from fedsim.run import checkpoint, engine
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.config import Simulation
 from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.models.size import model_size
-from fedsim.preparation import (
+from fedsim.fleet.model_size import model_size
+from fedsim.run.preparation import (
     Prepared,
     PreparedTeacher,
     prepare,
     prepared_teacher,
     starting_point,
 )
-from fedsim.reporting.plots import plot_accuracy
-from fedsim.reporting.progress import RoundProgress
-from fedsim.reporting.run_log import RoundRecord
-from fedsim.reporting.summary import device_report, summarize, write_summary
-from fedsim.run_state import RunState
-from fedsim.server.devices import DeviceSimulation, model_bytes
-from fedsim.server.distillation import EnsembleDistillation
+from fedsim.report.plots import plot_accuracy
+from fedsim.report.progress import RoundProgress
+from fedsim.report.run_log import RoundRecord
+from fedsim.report.summary import device_report, summarize, write_summary
+from fedsim.run.state import RunState
+from fedsim.fleet.device_simulation import DeviceSimulation, model_bytes
+from fedsim.strategy.ensemble_distillation import EnsembleDistillation
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.server_app import make_server_app
-from fedsim.server.updates import DecodeUpdates
-from fedsim.server.virtual_clients import VirtualClients
+from fedsim.strategy.decode_updates import DecodeUpdates
+from fedsim.strategy.virtual_clients import VirtualClients
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -148,7 +148,7 @@ def device_simulation(
     prepared: Prepared, model: torch.nn.Module, arrays: ArrayRecord,
     teacher: PreparedTeacher | None = None,
 ) -> DeviceSimulation:
-    """The simulated fleet's admissions and clock for this run (:mod:`fedsim.server.devices`)."""
+    """The simulated fleet's admissions and clock for this run (:mod:`fedsim.fleet.device_simulation`)."""
     settings = prepared.settings
     partition = prepared.shards.load()[1]
     on_device = teacher if prepared.distill.where == "client" else None

@@ -7,18 +7,18 @@ student table of ``bench/students.py``, each re-derivable by hand:
 - ``bytes_fp32``: the float tensors of the state dict (what a phone downloads and stores,
   BatchNorm running statistics included) at 4 bytes each;
 - ``bytes_int8``: the model post-training-quantised as ``int8_head`` deploys a backbone
-  (:func:`clients.memory.int8_backbone_weight_bytes`: conv / linear weights at 1 byte plus an
+  (:func:`fedsim.fleet.memory.int8_backbone_weight_bytes`: conv / linear weights at 1 byte plus an
   fp32 scale and int32 zero point per output channel, BatchNorm folded into a bias);
 - ``flops_per_inference``: one forward pass of one sample, multiply-add counted as 2 FLOPs
-  (:func:`clients.flops.count_flops`).
+  (:func:`fedsim.fleet.flops.count_flops`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from clients.flops import count_flops
-from clients.memory import int8_backbone_weight_bytes
+from fedsim.fleet.flops import count_flops
+from fedsim.fleet.memory import int8_backbone_weight_bytes
 from fedsim.models.state import exchangeable_state
 
 

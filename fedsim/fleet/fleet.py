@@ -1,6 +1,6 @@
 """The fleet: which tier of phone each virtual client is, and how fast its own copy runs.
 
-A fleet is a mix of :class:`~fedsim.devices.DeviceProfile` tiers by share. A client's tier and
+A fleet is a mix of :class:`~fedsim.fleet.profile.DeviceProfile` tiers by share. A client's tier and
 its speed are pure functions of ``(seed, client id)`` -- a counter-based hash, like the fault
 and malicious-client draws -- so a population of a million phones costs no memory, and a rerun
 or a resumed run sees the same phones.
@@ -27,7 +27,7 @@ from statistics import NormalDist
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config import ConfigError
-from fedsim.devices import DeviceProfile
+from fedsim.fleet.profile import DeviceProfile
 
 _TIER_STREAM = 0x71E2  # separate streams: a phone's tier and its speed are independent
 _SPEED_STREAM = 0x5BEE

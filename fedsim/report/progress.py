@@ -6,7 +6,7 @@ import sys
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedsim.reporting.run_log import RoundRecord
+from fedsim.report.run_log import RoundRecord
 
 
 class RoundProgress:

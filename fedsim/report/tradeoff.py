@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedsim.reporting.plots import pyplot
+from fedsim.report.plots import pyplot
 
 SEED_KEY = "simulation.seed"
 OUTPUTS = ("tradeoff.csv", "tradeoff.md", "tradeoff.png")

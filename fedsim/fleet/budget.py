@@ -1,7 +1,7 @@
 """Whether a training step fits in a phone's memory budget, and what to train if it does not.
 
 The phone's budget is its tier's RAM for training (``DeviceProfile.ram_mb``); the estimate is
-:func:`clients.memory.estimate_train_memory`, a pure function of shapes. Two policies
+:func:`fedsim.fleet.memory.estimate_train_memory`, a pure function of shapes. Two policies
 (``budget.policy``):
 
 - ``strict``: train the requested mode and batch if the estimate fits, else do not train (the

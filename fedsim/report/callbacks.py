@@ -18,7 +18,7 @@ class TradeoffReport(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from fedsim.reporting.tradeoff import OUTPUTS, write_report  # keep `run_sim.py` start fast
+        from fedsim.report.tradeoff import OUTPUTS, write_report  # keep `run_sim.py` start fast
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

@@ -1,7 +1,7 @@
 """``python -m fedsim.report <multirun dir>``: write the sweep's privacy/accuracy trade-off.
 
 The same report is written automatically at the end of every ``run_sim.py -m`` sweep by
-:class:`fedsim.reporting.callbacks.TradeoffReport`; this command re-writes it, e.g. for a
+:class:`fedsim.report.callbacks.TradeoffReport`; this command re-writes it, e.g. for a
 sweep that was interrupted, or one whose jobs were run separately into one directory.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedsim.reporting.tradeoff import OUTPUTS, write_report
+from fedsim.report.tradeoff import OUTPUTS, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

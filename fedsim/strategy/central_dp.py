@@ -36,7 +36,7 @@ from fedsim.privacy.clipping import (
     noisy_mean_of_clipped,
     noisy_unclipped_fraction,
 )
-from fedsim.server.wrapper import StrategyWrapper
+from fedsim.strategy.wrapper import StrategyWrapper
 
 # Aggregates that are not a (weighted) mean of the replies; MultiKrum subclasses Krum.
 NOT_MEAN_AGGREGATORS = (FedMedian, FedTrimmedAvg, Krum, Bulyan, QFedAvg)

@@ -2,8 +2,8 @@
 
 A :class:`DeviceProfile` is a small frozen data object, as FedScale's client metadata is
 (Lai et al., "FedScale: Benchmarking Model and System Performance of Federated Learning at
-Scale", ICML 2022): the server's cost models (:mod:`fedsim.clock`, :mod:`clients.budget`) and
-the availability models (:mod:`fedsim.availability`) read it, nothing mutates it. Each tier's
+Scale", ICML 2022): the server's cost models (:mod:`fedsim.fleet.clock`, :mod:`fedsim.fleet.budget`) and
+the availability models (:mod:`fedsim.fleet.availability`) read it, nothing mutates it. Each tier's
 numbers live in ``conf/device/<tier>.yaml`` with their sources; this module only refuses
 numbers that cannot describe any device, so a typo fails before Ray starts.
 
@@ -42,7 +42,7 @@ def _is_number(value: object) -> bool:
 
 def _finetune_modes() -> list[str]:
     # Imported here, as fedsim.config does: the device side owns the list of modes, and this
-    # keeps `import fedsim.devices` free of torch.
+    # keeps `import fedsim.fleet.profile` free of torch.
     from clients.finetune import FineTuneMode
 
     return [m.value for m in FineTuneMode]

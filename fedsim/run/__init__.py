@@ -1,0 +1,1 @@
+"""One run: preparation (checked before Ray starts), the engine, checkpoints and resume."""
