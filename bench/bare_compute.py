@@ -97,7 +97,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from fedsim.server.evaluation import evaluate_model
+    from fedsim.models.evaluation import evaluate_model
     from fedsim.server.sampler import CohortSampler
 
     w = current()

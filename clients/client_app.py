@@ -39,7 +39,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients.distillation import KDLoss, logits_of
+from clients.distillation import KDLoss, TeacherOnDevice, logits_of
 from clients.finetune import FineTuneMode
 from clients.local_dp import local_dp_rng, privatize
 from clients.training import LocalRecipe, LocalResult, train_in_mode
@@ -49,9 +49,7 @@ from fedsim.attacks.threat import ThreatModel
 from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.wire import to_records
-from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.proxy.pretrain import load_cached
-from fedsim.proxy.teacher import TeacherOnDevice
+from fedsim.models.state import exchangeable_state, load_cached, load_exchangeable_state
 from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
 # Distinguishes the local-training random stream from every other consumer of the run seed.

@@ -18,6 +18,7 @@ FedDF's ensemble distillation after each aggregation, ``server_ensemble``) and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,18 @@ class KDLoss:
 
     def __call__(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
         return kd_loss(student, teacher, labels, self.temperature, self.alpha)
+
+
+@dataclass(frozen=True)
+class TeacherOnDevice:
+    """What a phone needs to run the teacher (``distill.where=client``): picklable, small.
+
+    The weights are read from the server's cache file once per process; on a Ray cluster the
+    cache directory must be on storage every node sees (as the data must be).
+    """
+
+    builder: Callable[[], nn.Module]  # a hashable recipe (fedsim.models.factory.ModelBuilder)
+    path: str
 
 
 def soft_targets(logits: Tensor, temperature: float) -> Tensor:

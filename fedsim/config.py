@@ -18,11 +18,7 @@ from hydra._internal.utils import _locate  # the resolver instantiate() itself u
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedsim.errors import UserInputError
-
-
-class ConfigError(UserInputError):
-    """A configuration value is wrong; the message is one line naming the key."""
+from fedsim.errors import ConfigError, UserInputError
 
 
 def _require(ok: bool, key: str, message: str) -> None:

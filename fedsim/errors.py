@@ -8,3 +8,7 @@ prints exactly that line, without a traceback unless ``verbose=true``.
 
 class UserInputError(ValueError):
     """Bad input from the user; ``str(err)`` is one line naming the offending key or file."""
+
+
+class ConfigError(UserInputError):
+    """A configuration value is wrong; the message is one line naming the key."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.compression.codecs import Codec, NoCompression
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 
 WEIGHTS, DELTA, GRADIENT = "weights", "delta", "gradient"
 KINDS = (WEIGHTS, DELTA, GRADIENT)  # position = the code replies carry in their MetricRecord

@@ -3,7 +3,7 @@
 import pytest
 
 from fedsim.fleet.budget import MemoryBudget, TrainPlan, fallback_modes, halved_batches
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 
 PER_SAMPLE = {"full": 10, "bias": 6, "head": 1}
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.cache import cached_splits, entry_name
-from fedsim.data.datasets import ArrayDataset, DatasetSplits, Digits
+from fedsim.data.splits import ArrayDataset, DatasetSplits
+from fedsim.data.datasets import Digits
 from fedsim.data.fashion_mnist import FashionMNIST
 from tests.test_datasets import write_fashion_files
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedsim.data import fashion_mnist
-from fedsim.data.datasets import DatasetError, Digits
+from fedsim.data.splits import DatasetError
+from fedsim.data.datasets import Digits
 from fedsim.data.fashion_mnist import FashionMNIST
 from fedsim.data.idx import read_idx
 

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedsim.fleet.availability import AlwaysOnline, Diurnal, TraceAvailability
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.fleet.profile import DeviceProfile
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

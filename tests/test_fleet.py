@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.fleet.profile import DeviceProfile
 from fedsim.fleet.fleet import Fleet, hashed_uniform, tier_counts
 

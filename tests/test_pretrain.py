@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import fedsim.proxy.pretrain as pretrain_module
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.data.partition import proxy_indices
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder

@@ -14,7 +14,7 @@ import torch
 
 from fedsim.run.checkpoint import CHECKPOINT_FILE, write_atomically
 from fedsim.config import Faults
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.run.resume import resume_config
 from fedsim.server.faults import FaultPlan
 from fedsim.server.sampler import CohortSampler

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.data.datasets import ArrayDataset, DatasetSplits
+from fedsim.data.splits import ArrayDataset, DatasetSplits
 
 # Bump when the layout of an entry (or what a key means) changes, so old entries stop matching.
 CACHE_FORMAT = 1

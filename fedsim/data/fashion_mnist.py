@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.cache import cached_splits
-from fedsim.data.datasets import ArrayDataset, DatasetError, DatasetSplits
+from fedsim.data.splits import ArrayDataset, DatasetError, DatasetSplits
 from fedsim.data.idx import read_idx
 
 FILES = {

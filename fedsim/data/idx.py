@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from fedsim.data.datasets import DatasetError
+from fedsim.data.splits import DatasetError
 
 # dtype code (third magic byte) -> big-endian element type, from the format's specification.
 IDX_DTYPES: dict[int, np.dtype] = {

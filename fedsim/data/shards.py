@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 
-from fedsim.data.datasets import DatasetSplits
+from fedsim.data.splits import DatasetSplits
 from fedsim.data.partition import Partition, PartitionError, client_pool, proxy_indices
 
 

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 
 from fedsim.fleet.clock import hour_of
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.fleet.profile import DeviceProfile
 from fedsim.fleet.fleet import hashed_uniform
 

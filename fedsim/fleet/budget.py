@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from clients.finetune import FineTuneMode
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 
 POLICIES = ("strict", "adapt")
 

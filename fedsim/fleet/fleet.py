@@ -26,7 +26,7 @@ from statistics import NormalDist
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.fleet.profile import DeviceProfile
 
 _TIER_STREAM = 0x71E2  # separate streams: a phone's tier and its speed are independent

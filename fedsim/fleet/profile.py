@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 
 INT8_ACCELERATORS = ("npu", "dsp", "none")  # "none": int8 kernels run on the CPU
 HOURS = 24

@@ -9,6 +9,8 @@ fixed BN momentum PyTorch never reads it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -30,3 +32,13 @@ def load_exchangeable_state(model: nn.Module, state: dict[str, torch.Tensor]) ->
         raise KeyError(
             f"model state mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def load_cached(path: str | Path, model: nn.Module) -> None:
+    """Load a cache entry's weights into ``model`` (strictly), e.g. a teacher on a phone.
+
+    Cache entries (:mod:`fedsim.proxy.pretrain`) are ``{"state": state_dict, ...}`` files read
+    with ``weights_only=True``: tensors and plain data only, nothing executed.
+    """
+    entry = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(entry["state"])

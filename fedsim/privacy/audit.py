@@ -103,39 +103,3 @@ class MembershipAudit:
             "mia_members": report.members,
             "mia_nonmembers": report.nonmembers,
         }
-
-
-def audit_finished_run(run_dir: Path) -> dict[str, Any]:
-    """Re-run a finished run's membership audit from its saved config, rounds and model."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    from fedsim.models.state import load_exchangeable_state
-    from fedsim.run.preparation import prepare  # here: preparation imports this module
-    from fedsim.report.run_log import read_records
-
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    prepared = prepare(cfg)
-    model = prepared.builder()
-    load_exchangeable_state(model, torch.load(run_dir / "model.pt"))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    members = {c for record in read_records(run_dir / "metrics.jsonl") for c in record["clients"]}
-    summary.update(
-        prepared.audit.run(
-            model=model, shards=prepared.shards, members=members,
-            population=prepared.settings.population, epsilon=summary.get("epsilon"),
-            delta=summary.get("delta"), out_dir=run_dir,
-        )
-    )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-if __name__ == "__main__":
-    # python -m fedsim.privacy.audit <run dir>: audit (again) a run that has finished.
-    import sys
-
-    for directory in sys.argv[1:]:
-        result = audit_finished_run(Path(directory))
-        print(directory, "mia_auc", result.get("mia_auc"))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from clients.distillation import KDLoss
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.proxy.pretrain import NOT_IN_KEY, Pretraining, PretrainReport, pretrain_student
 
 WHERE = ("none", "server_pre", "server_ensemble", "client")

@@ -41,11 +41,11 @@ from torch import nn
 
 from clients.distillation import KDLoss
 from clients.training import LocalRecipe, train_locally
-from fedsim.config import ConfigError
-from fedsim.data.datasets import ArrayDataset
+from fedsim.errors import ConfigError
+from fedsim.data.splits import ArrayDataset
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
-from fedsim.server.evaluation import evaluate_model
+from fedsim.models.evaluation import evaluate_model
 
 # Bump when the training procedure changes, so caches of the old procedure stop matching.
 # 2: students and teachers train in the channels-last layout (other float rounding).
@@ -182,12 +182,6 @@ def pretrain_student(
 def cache_path(pretraining: Pretraining, key: str) -> Path:
     """Where the result of ``key`` is (or will be) cached."""
     return Path(pretraining.cache_dir).expanduser() / f"{key}.pt"
-
-
-def load_cached(path: str | Path, model: nn.Module) -> None:
-    """Load a cache entry's weights into ``model`` (strictly), e.g. a teacher on a phone."""
-    entry = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(entry["state"])
 
 
 def load_pretrained(model: nn.Module, state: dict[str, np.ndarray]) -> None:

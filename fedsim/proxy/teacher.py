@@ -21,8 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from fedsim.config import ConfigError
-from fedsim.data.datasets import ArrayDataset
+from fedsim.errors import ConfigError
+from clients.distillation import TeacherOnDevice
+from fedsim.data.splits import ArrayDataset
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
 from fedsim.fleet.model_size import model_size
@@ -82,18 +83,6 @@ class Teacher:
     def name(self) -> str:
         """The network's builder, e.g. ``resnet``."""
         return str(self.model["_target_"]).rsplit(".", 1)[-1]
-
-
-@dataclass(frozen=True)
-class TeacherOnDevice:
-    """What a phone needs to run the teacher (``distill.where=client``): picklable, small.
-
-    The weights are read from the server's cache file once per process; on a Ray cluster the
-    cache directory must be on storage every node sees (as the data must be).
-    """
-
-    builder: ModelBuilder
-    path: str
 
 
 def trained_teacher(

@@ -23,11 +23,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.attacks.threat import ThreatModel, assumed_malicious, build_threat
+from fedsim.attacks.config import build_threat
+from fedsim.attacks.threat import ThreatModel, assumed_malicious
 from fedsim.fleet.budget import MemoryBudget
 from clients.distillation import logits_of
+from fedsim.errors import ConfigError
 from fedsim.config import (
-    ConfigError,
     Faults,
     FineTune,
     Simulation,
@@ -37,7 +38,7 @@ from fedsim.config import (
     parse_simulation,
     to_plain,
 )
-from fedsim.data.datasets import DatasetSplits
+from fedsim.data.splits import DatasetSplits
 from fedsim.data.shards import ShardSource
 from fedsim.proxy.distillation import Distillation, distilled_pretraining
 from fedsim.errors import UserInputError

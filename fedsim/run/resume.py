@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 # Overrides that leave every figure of a run unchanged (prefix match on the key).

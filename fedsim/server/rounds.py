@@ -27,7 +27,7 @@ from fedsim.errors import UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
-from fedsim.server.evaluation import Evaluation
+from fedsim.models.evaluation import Evaluation
 from fedsim.strategy.wrapper import innermost
 
 log = logging.getLogger("fedsim")

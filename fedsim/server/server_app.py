@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
-from fedsim.server.evaluation import Evaluation
+from fedsim.models.evaluation import Evaluation
 from fedsim.server.rounds import RoundPlan, run_rounds
 
 
