@@ -16,7 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedsim.config import check_group_options, parse_simulation
+from fedsim.command_line import check_overrides, overrides_of
+from fedsim.config import parse_simulation
 from fedsim.errors import UserInputError
 from fedsim.run.resume import resume_config
 
@@ -50,9 +51,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def check_command_line() -> None:
-    """One line for an unknown ``group=option`` before Hydra's twenty (exit code 2)."""
+    """One line naming a mistyped key, group or option, before Hydra runs anything (exit 2)."""
+    overrides = overrides_of(sys.argv[1:])
+    verbose = any(o.lstrip("+").replace(" ", "") in ("verbose=true", "verbose=True") for o in overrides)
     try:
-        check_group_options(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+        check_overrides(overrides, Path(__file__).resolve().parent / "conf", verbose=verbose)
     except UserInputError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)

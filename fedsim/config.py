@@ -271,29 +271,18 @@ def _parse(cfg: DictConfig, node: str, schema_type: type) -> Any:
         if not key.startswith(node):
             key = f"{node}.{key}"
         reason = str(err).splitlines()[0]
-        raise ConfigError(f"{key}: {reason}") from None
+        raise ConfigError(f"{key}: {reason}{_suggestion(schema_type, node, key)}") from None
 
 
-def check_group_options(overrides: list[str], conf_dir: Path) -> None:
-    """Refuse ``group=option`` overrides naming an option that has no YAML file.
+def _suggestion(schema_type: type, node: str, key: str) -> str:
+    """`` (did you mean 'simulation.rounds'?)`` for a key the schema lacks, or ``""``."""
+    from fedsim.command_line import did_you_mean
 
-    Hydra reports this itself, but over twenty lines; this check runs on the raw command line
-    first and says it in one. Sweep lists (``strategy=fedavg,krum``) are checked item by item.
-    """
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        group = key.lstrip("+~")
-        if not sep or "/" in group or not (conf_dir / group).is_dir():
-            continue
-        if "(" in value:  # Hydra sweep functions: range(), choice(), glob() ...
-            continue
-        available = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        for option in value.split(","):
-            _require(
-                option in available or option in ("null", ""),
-                group,
-                f"no option {option!r} (choose from {', '.join(available)})",
-            )
+    parent, _, name = key.rpartition(".")
+    fields = OmegaConf.select(OmegaConf.structured(schema_type), parent.removeprefix(node).lstrip("."))
+    if not isinstance(fields, DictConfig) or name in fields:
+        return ""
+    return did_you_mean(name, [str(k) for k in fields.keys()], prefix=f"{parent}.")
 
 
 def locate_targets(cfg: DictConfig) -> None:
