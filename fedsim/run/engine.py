@@ -17,12 +17,13 @@ fedsim passes it the way Flower does.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -104,6 +105,36 @@ def quiet_runtime(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+# What Ray's driver prints when Flower ends a simulation: Flower's shutdown runs each actor's
+# `terminate` task, which exits the actor, and with fedsim's `max_task_retries=-1` (so that a
+# killed actor's message is re-run) Ray reports every such exit as a task failure to retry.
+ACTOR_EXIT_NOTICE = "ClientAppActor.terminate failed"
+
+
+@contextlib.contextmanager
+def without_actor_exit_notices() -> Iterator[None]:
+    """Drop Ray's "(raylet) Task ClientAppActor.terminate failed ... retried" lines.
+
+    Ray prints a failed task's notice from its driver's error-listener thread through
+    ``ray._private.worker.print_to_stdstream``, with no switch to turn it off; the notices of
+    the actors' planned exit are the only lines filtered (every other error still prints).
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+
+    def filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if ACTOR_EXIT_NOTICE not in line]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix)
+
+    ray_worker.print_to_stdstream = filtered
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
+
+
 def launch(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -134,13 +165,14 @@ def launch(
     # unfrozen after, so a Hydra multirun's next job can collect what this one left.
     gc.freeze()
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=slots,
-            backend_name="ray",
-            backend_config=backend_config(backend),
-            verbose_logging=verbose,
-        )
+        with contextlib.nullcontext() if verbose else without_actor_exit_notices():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=slots,
+                backend_name="ray",
+                backend_config=backend_config(backend),
+                verbose_logging=verbose,
+            )
     finally:
         gc.unfreeze()
