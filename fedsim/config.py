@@ -9,7 +9,9 @@ typo costs a second, not a Ray start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,35 +213,11 @@ def parse_faults(cfg: DictConfig) -> Faults:
     return _parse(cfg, "faults", Faults)
 
 
-@dataclass(frozen=True)
-class FineTune:
-    """The ``finetune`` group: how much of the student the phones train (``clients.finetune``).
-
-    A tier's profile may override ``mode`` (``fleet.tiers.<tier>.finetune``), and
-    ``budget.policy=adapt`` may fall back to a cheaper mode for a phone that cannot fit it.
-    """
-
-    mode: str
-    cache_features: bool  # head / int8_head: run the frozen backbone once per client-round
-
-    def __post_init__(self) -> None:
-        from clients.finetune import FineTuneMode  # the device side owns the list of modes
-
-        modes = [m.value for m in FineTuneMode]
-        _require(
-            self.mode in modes, "finetune.mode", f"no mode {self.mode!r} (choose from {', '.join(modes)})"
-        )
-
-
-def parse_finetune(cfg: DictConfig) -> FineTune:
-    """Type-check ``cfg.finetune``."""
-    return _parse(cfg, "finetune", FineTune)
-
-
 # Config groups whose node is instantiated from a `_target_`.
 TARGET_GROUPS = (
     "dataset", "partition", "model", "norm", "strategy", "privacy", "audit", "secagg", "attack",
-    "update", "update.compression", "fleet", "availability", "budget", "pretrain",
+    "update", "update.compression", "fleet", "availability", "budget", "finetune", "pretrain",
+    "distill", "distill.where",
 )
 
 
@@ -279,10 +257,13 @@ def _suggestion(schema_type: type, node: str, key: str) -> str:
     from fedsim.command_line import did_you_mean
 
     parent, _, name = key.rpartition(".")
-    fields = OmegaConf.select(OmegaConf.structured(schema_type), parent.removeprefix(node).lstrip("."))
-    if not isinstance(fields, DictConfig) or name in fields:
-        return ""
-    return did_you_mean(name, [str(k) for k in fields.keys()], prefix=f"{parent}.")
+    schema: Any = schema_type
+    for part in filter(None, parent.removeprefix(node).split(".")):
+        schema = typing.get_type_hints(schema).get(part)  # a nested schema, e.g. local
+        if not dataclasses.is_dataclass(schema):
+            return ""
+    names = [f.name for f in dataclasses.fields(schema)]
+    return "" if name in names else did_you_mean(name, names, prefix=f"{parent}.")
 
 
 def locate_targets(cfg: DictConfig) -> None:

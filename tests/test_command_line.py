@@ -121,3 +121,32 @@ def test_verbose_shows_hydras_own_message(tmp_path):
     result, _ = run_sim("simulaton.rounds=1", "verbose=true", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "Could not override 'simulaton.rounds'" in result.stderr
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("simulation.roudns", "simulation.roudns: Key 'roudns' not in 'Simulation' (did you mean 'simulation.rounds'?)"),
+    ("simulation.local.lrr", "simulation.local.lrr: Key 'lrr' not in 'LocalTraining' (did you mean 'simulation.local.lr'?)"),
+])
+def test_a_key_added_to_a_schema_node_is_named_with_the_field_meant(key, expected):
+    from omegaconf import OmegaConf, open_dict
+
+    from fedsim.config import parse_simulation
+
+    cfg = OmegaConf.load(CONF / "config.yaml")
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, 3, force_add=True)
+    with pytest.raises(ConfigError) as err:
+        parse_simulation(cfg)
+    assert str(err.value) == expected
+
+
+def test_a_wrong_value_of_a_right_key_suggests_nothing():
+    from omegaconf import OmegaConf
+
+    from fedsim.config import parse_simulation
+
+    cfg = OmegaConf.load(CONF / "config.yaml")
+    cfg.simulation.rounds = "abc"
+    with pytest.raises(ConfigError) as err:
+        parse_simulation(cfg)
+    assert "did you mean" not in str(err.value)
