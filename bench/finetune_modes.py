@@ -29,17 +29,17 @@ SEED = 0
 def main() -> None:
     import torch
 
-    from clients.finetune import FineTuneMode
-    from fedsim.fleet.flops import train_cost
-    from fedsim.fleet.memory import estimate_train_memory
+    from clients.finetune import MODES
     from clients.training import LocalRecipe, train_in_mode
     from fedsim.data.shards import ShardSource
+    from fedsim.fleet.flops import train_cost
+    from fedsim.fleet.memory import estimate_train_memory
     from fedsim.models.factory import ModelBuilder
 
     torch.set_num_threads(1)
     shards = ShardSource.from_config(
         {"_target_": "fedsim.data.datasets.Digits"},
-        {"_target_": "fedsim.data.partition.IidPartitioner"}, 1437 // SAMPLES, SEED,
+        {"_target_": "fedsim.data.partition.iid.IidPartitioner"}, 1437 // SAMPLES, SEED,
     )
     splits, _ = shards.load()
     x, y = shards(0)
@@ -55,7 +55,8 @@ def main() -> None:
     recipe = LocalRecipe(EPOCHS, BATCH_SIZE, LR, MOMENTUM)
 
     rows = []
-    for mode in FineTuneMode:
+    for name, mode_class in MODES.items():
+        mode = mode_class()
         times = []
         for rep in range(REPS):
             model.load_state_dict(initial)
@@ -64,7 +65,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         memory = estimate_train_memory(model, shape, BATCH_SIZE, mode).total
         cost = train_cost(model, shape, mode, len(x), EPOCHS)
-        rows.append((mode.value, statistics.median(times), memory, cost))
+        rows.append((name, statistics.median(times), memory, cost))
 
     full = rows[0][1]
     print(f"MobileNetV2 w0.5 (BN), digits {shape}, {len(x)} samples, {EPOCHS} epochs, "

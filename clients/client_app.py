@@ -40,7 +40,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients.distillation import KDLoss, TeacherOnDevice, logits_of
-from clients.finetune import FineTuneMode
+from clients.finetune import Full, mode_named
 from clients.local_dp import local_dp_rng, privatize
 from clients.training import LocalRecipe, LocalResult, train_in_mode
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
@@ -113,7 +113,11 @@ def _process_model(env: ClientEnvironment) -> nn.Module:
 def _process_teacher(teacher: TeacherOnDevice) -> nn.Module:
     """The process's teacher, read once from the server's cache file (it never changes)."""
     if teacher not in _MODELS:
-        model = teacher.builder()
+        # Built on whichever phone this process serves first, after that phone's seed: its
+        # initialisation must not consume the seeded stream (dropout masks would then depend
+        # on Ray's scheduling). The weights are overwritten by the cache file anyway.
+        with torch.random.fork_rng(devices=[]):
+            model = teacher.builder()
         load_cached(teacher.path, model)
         _MODELS[teacher] = model.eval()
     return _MODELS[teacher]
@@ -214,12 +218,13 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         result = LocalResult(step.mean_loss, step.passes, step.num_examples)
     else:
         # The mode and batch the server's memory-budget policy chose for this phone.
-        mode = str(config.get(keys.FINETUNE_MODE, FineTuneMode.FULL))
-        cache = bool(config.get(keys.CACHE_FEATURES, True))
+        mode = mode_named(
+            str(config.get(keys.FINETUNE_MODE, Full.name)),
+            cache_features=bool(config.get(keys.CACHE_FEATURES, True)),
+        )
         soft = teacher_logits(env, config, x)  # on the phone: part of its compute time
         result = train_in_mode(
-            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, cache,
-            soft, env.kd,
+            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, soft, env.kd
         )
     after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
     after, gradient, privacy_metrics = apply_local_dp(

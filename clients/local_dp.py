@@ -1,8 +1,8 @@
 """The device's half of local DP: clip the update, add Gaussian noise, then send.
 
-See :mod:`fedsim.privacy.local_dp` for the guarantee and its accounting. The update is the
-whole exchanged state's change (trained minus received), so every number that leaves the phone
-is covered. The reply's sample count becomes 1: a true count would leak the shard size, and
+The server's half is :mod:`fedsim.strategy.local_dp`; see :mod:`fedsim.privacy.local_accounting`
+for the guarantee and its accounting. The update is the whole exchanged state's change (trained
+minus received), so every number that leaves the phone is covered. The reply's sample count becomes 1: a true count would leak the shard size, and
 equal weights are what the per-report guarantee assumes of the aggregate anyway.
 """
 

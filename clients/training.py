@@ -4,9 +4,9 @@ Minibatch SGD with momentum and weight decay (``clients.sgd``) for ``epochs`` pa
 shard, shuffled by a generator the caller seeds, plus FedProx's proximal term when ``proximal_mu > 0``
 (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, eq. 2:
 ``(mu / 2) * ||w - w_global||^2``). ``train_locally`` trains whatever requires a gradient;
-``train_in_mode`` first puts the model in a fine-tuning mode (``clients.finetune``) and runs
-it the way a phone would: frozen features computed once, QAT under fake quantisation, an int8
-backbone for ``int8_head`` (``clients.quantize``). Given a teacher's logits on the shard, the
+``train_in_mode`` runs the loop through a fine-tuning mode's hooks (``clients.finetune``), the
+way a phone would: frozen features computed once, QAT under fake quantisation, an int8 backbone
+for ``int8_head`` (``clients.quantize``). Given a teacher's logits on the shard, the
 objective is Hinton et al.'s distillation loss (``clients.distillation``) instead of plain
 cross-entropy; the reported loss stays the cross-entropy, so runs with and without
 distillation compare.
@@ -14,7 +14,6 @@ distillation compare.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,11 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clients.distillation import KDLoss
-from clients.finetune import FineTuneMode, apply_mode
-from clients.quantize import FakeQuantMode, quantize_backbone
+from clients.finetune.base import FineTuneMode
 from clients.sgd import MomentumSGD
-
-FEATURE_BATCH = 256  # samples per no-grad backbone pass when computing features
 
 
 @dataclass(frozen=True)
@@ -129,45 +125,25 @@ def _sgd(
     return LocalResult(mean_loss=total_loss / max(seen, 1), steps=steps, num_examples=n)
 
 
-@torch.no_grad()
-def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` pooled backbone features of ``x``, the classifier's input in
-    ``FeaturesClassifier.forward``; computed without autograd, ``FEATURE_BATCH`` at a time."""
-    chunks = [
-        torch.flatten(F.adaptive_avg_pool2d(backbone(x[i : i + FEATURE_BATCH]), 1), 1)
-        for i in range(0, len(x), FEATURE_BATCH)
-    ]
-    return torch.cat(chunks)  # (N, C)
-
-
 def train_in_mode(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     recipe: LocalRecipe,
     generator: torch.Generator,
-    mode: FineTuneMode | str,
-    cache_features: bool = True,
+    mode: FineTuneMode,
     teacher_logits: torch.Tensor | None = None,
     kd: KDLoss | None = None,
 ) -> LocalResult:
     """Train ``model`` in place on ``(x, y)`` in fine-tuning ``mode``.
 
-    The mode is applied first (``clients.finetune.apply_mode``: ``requires_grad``, and eval mode
-    for a frozen backbone, which ``train_locally``'s ``model.train()`` would undo). Then:
-
-    - ``full`` / ``bias``: the SGD loop of ``train_locally`` (``bias`` keeps BatchNorm in train
-      mode, as TinyTL does).
-    - ``head``: with ``cache_features``, the frozen backbone (eval mode) runs once over the shard
-      without autograd and only ``model.classifier`` trains on the pooled features; the
-      shuffles are the same, so the head ends where the uncached path (the whole model, every
-      epoch) does, up to float rounding.
-    - ``int8_head``: the backbone is replaced, for this call only, by an int8 copy quantised
-      after training and calibrated on ``x`` (``clients.quantize.quantize_backbone``); its
-      features are computed once (or every epoch, without ``cache_features``) and the head
-      trains on them. The float backbone is not changed.
-    - ``qat``: the loop runs under ``clients.quantize.FakeQuantMode``; leaving it leaves a
-      plain float model with unchanged parameter names.
+    The mode's hooks, in order: ``mode.prepare`` sets ``requires_grad`` and eval mode for a
+    frozen backbone (which ``train_locally``'s ``model.train()`` would undo);
+    ``mode.trained_part`` says which module the SGD loop steps and on what (the whole model on
+    the shard; or the classifier on a frozen, possibly int8, backbone's features, computed
+    once with ``cache_features``); ``mode.running`` is the context the loop runs in (fake
+    quantisation for ``qat``; leaving it leaves a plain float model with unchanged parameter
+    names). See :mod:`clients.finetune` for each mode.
 
     Nothing stays attached to ``model`` (no hooks, wrappers or extra modules), so one instance
     can be trained again in any mode; each call re-applies its own mode.
@@ -178,10 +154,8 @@ def train_in_mode(
         The received global model, a ``FeaturesClassifier`` for ``head`` and ``int8_head``.
     x, y, recipe, generator
         As for ``train_locally``.
-    mode : FineTuneMode or str
-        The fine-tuning mode.
-    cache_features : bool
-        Compute a frozen backbone's features once rather than every epoch.
+    mode : FineTuneMode
+        The fine-tuning mode (``clients.finetune.mode_named`` turns a message's name into one).
     teacher_logits, kd
         Distill from a teacher's logits on ``x`` (see ``train_locally``); in every mode.
 
@@ -190,21 +164,7 @@ def train_in_mode(
     LocalResult
         As ``train_locally``'s: ``steps`` and ``num_examples`` do not depend on the mode.
     """
-    mode = FineTuneMode(mode)
-    apply_mode(model, mode)
-    soft = (teacher_logits, kd)
-    if mode is FineTuneMode.HEAD and not cache_features:
-        return _sgd(model, lambda: x, y, recipe, generator, *soft)
-    if mode in (FineTuneMode.HEAD, FineTuneMode.INT8_HEAD):
-        backbone = model.features
-        if mode is FineTuneMode.INT8_HEAD:
-            backbone = quantize_backbone(model.features, x)
-        if cache_features:
-            features = pooled_features(backbone, x)
-            return _sgd(model.classifier, lambda: features, y, recipe, generator, *soft)
-        return _sgd(
-            model.classifier, lambda: pooled_features(backbone, x), y, recipe, generator, *soft
-        )
-    quantized = FakeQuantMode(model) if mode is FineTuneMode.QAT else contextlib.nullcontext()
-    with quantized:
-        return _sgd(model, lambda: x, y, recipe, generator, *soft)
+    mode.prepare(model)
+    trained, inputs = mode.trained_part(model, x)
+    with mode.running(model):
+        return _sgd(trained, inputs, y, recipe, generator, teacher_logits, kd)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flwr.serverapp.strategy import FedAvg
 
-from tests.test_end_to_end import ROOT, TINY
+from tests.helpers import ROOT, TINY
 
 
 class RaisesInRoundTwo(FedAvg):
@@ -67,8 +67,10 @@ ROWS = [
      "availability.path: /nonexistent.csv"),
     ("over-selection with DP", ["privacy=central_dp", "norm=group", "simulation.overcommit=0.5"],
      "simulation.overcommit: over-selection keeps the fastest phones"),
-    ("distillation setting out of range", ["distill.where=everywhere"],
-     "distill.where: must be one of none, server_pre, server_ensemble, client, got 'everywhere'"),
+    ("distillation place that does not exist", ["distill.where=everywhere"],
+     "distill.where: no option 'everywhere'"),
+    ("distillation setting out of range", ["distill.alpha=1.5"],
+     "distill.alpha: must be in [0, 1], got 1.5"),
     ("distillation reading what DP hides", ["privacy=central_dp", "norm=group",
                                             "distill.where=server_ensemble",
                                             "distill.ensemble=clients"],
@@ -96,6 +98,7 @@ def test_corrupt_dataset_file_names_it(tmp_path: Path) -> None:
     assert len(line.splitlines()) == 1 and "train-images-idx3-ubyte" in line
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_strategy_that_raises_keeps_the_finished_rounds(tmp_path: Path) -> None:
     result = cli(tmp_path, *TINY, "simulation.rounds=3",
                  "strategy._target_=tests.test_bad_input.RaisesInRoundTwo")

@@ -4,37 +4,21 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, Krum
 
-from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant
 from fedsim.strategy.central_dp import CentralDP
 from fedsim.privacy.options import CentralDPFixedClipping
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.rounds import budget_exhausted
-from tests.test_end_to_end import rounds as read_rounds
-from tests.test_end_to_end import run_cli
-from tests.test_virtual_clients import FakeGrid
+from tests.helpers import FakeGrid, replies_for, run_cli
+from tests.helpers import rounds as read_rounds
 
 
 def arrays(values) -> ArrayRecord:
     return ArrayRecord({"w": Array(np.asarray(values, dtype=np.float32))})
-
-
-def replies_for(dp: CentralDP, start, updates, examples) -> list[Message]:
-    msgs = list(dp.configure_train(1, arrays(start), ConfigRecord(), FakeGrid([1, 2, 3])))
-    out = []
-    for i, (update, n) in enumerate(zip(updates, examples)):
-        content = RecordDict(
-            {
-                "arrays": arrays(np.asarray(start) + np.asarray(update)),
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: n, keys.TRAIN_LOSS: 1.0, keys.CLIENT_ID: i}),
-            }
-        )
-        out.append(Message(content, reply_to=msgs[i % len(msgs)]))
-    return out
 
 
 def test_sum_of_updates_over_expected_cohort_with_equal_weights() -> None:
@@ -89,13 +73,13 @@ def test_budget_stops_before_the_round_that_would_exceed_it() -> None:
     ledger = PrivacyAccountant(1.0, 0.01, "poisson", 100, 10, "pld")
     eps = [PrivacyAccountant.from_state({**ledger.state(), "rounds": t}).epsilon() for t in (1, 2, 3)]
     target = (eps[1] + eps[2]) / 2  # rounds 1 and 2 fit, round 3 would not
-    plan = PrivacyPlan(strategy=FedAvg(), accountant=ledger, target_epsilon=target)
+    plan = PrivacyPlan(accountant=ledger, target_epsilon=target)
     assert [budget_exhausted(plan, r) for r in (1, 2, 3)] == [False, False, True]
 
 
 def test_calibrate_picks_noise_that_meets_the_target() -> None:
-    plan = CentralDPFixedClipping(target_epsilon=2.0, on_target="calibrate").attach(
-        FedAvg(), population=100, cohort=10, sampling="poisson", seed=0, rounds=10
+    plan = CentralDPFixedClipping(target_epsilon=2.0, on_target="calibrate").plan(
+        population=100, cohort=10, sampling="poisson", seed=0, rounds=10
     )
     z = plan.report["noise_multiplier"]
     spent = plan.epsilon_after(10)
@@ -104,6 +88,7 @@ def test_calibrate_picks_noise_that_meets_the_target() -> None:
     assert 0.3 < z < 5
 
 
+@pytest.mark.slow  # starts Ray
 def test_dp_run_reports_epsilon_per_round_and_stops_at_the_budget(tmp_path) -> None:
     ledger = PrivacyAccountant(1.0, 0.05, "poisson", 20, 4, "pld")
     eps = [PrivacyAccountant.from_state({**ledger.state(), "rounds": t}).epsilon() for t in (1, 2, 3)]

@@ -2,12 +2,10 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from flwr.serverapp.strategy import Strategy
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from fedsim.attacks.byzantine import ByzantineBehaviour
@@ -15,18 +13,7 @@ from fedsim.config import ConfigError, locate_targets, parse_simulation
 from fedsim.errors import UserInputError
 from fedsim.run.preparation import prepare
 from fedsim.updates import UpdateRule
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def make_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from tests.helpers import ROOT, make_cfg, options
 
 
 def test_groups_have_the_options_the_readme_promises() -> None:
@@ -49,6 +36,7 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("availability") == ["always", "diurnal", "trace"]
     assert options("finetune") == ["bias", "full", "head", "int8_head", "qat"]
     assert options("pretrain") == ["none", "proxy"]
+    assert options("distill.where") == ["client", "none", "server_ensemble", "server_pre"]
 
 
 @pytest.mark.parametrize("attack", options("attack"))

@@ -9,7 +9,7 @@ from fedsim.data.cache import cached_splits, entry_name
 from fedsim.data.splits import ArrayDataset, DatasetSplits
 from fedsim.data.datasets import Digits
 from fedsim.data.fashion_mnist import FashionMNIST
-from tests.test_datasets import write_fashion_files
+from tests.helpers import write_fashion_files
 
 
 def tiny_splits(offset: float = 0.0) -> DatasetSplits:

@@ -12,41 +12,7 @@ from fedsim.data.splits import DatasetError
 from fedsim.data.datasets import Digits
 from fedsim.data.fashion_mnist import FashionMNIST
 from fedsim.data.idx import read_idx
-
-IDX_CODES = {
-    np.uint8: 0x08,
-    np.int8: 0x09,
-    np.int16: 0x0B,
-    np.int32: 0x0C,
-    np.float32: 0x0D,
-    np.float64: 0x0E,
-}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode ``array`` as IDX: magic 00 00 <code> <ndim>, big-endian uint32 dims and data."""
-    header = (
-        bytes([0, 0, IDX_CODES[array.dtype.type], array.ndim])
-        + np.array(array.shape, ">u4").tobytes()
-    )
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_fashion_files(directory: Path) -> None:
-    """Tiny Fashion-MNIST. Two train images are all 255 and two all 0, so on the [0, 1] scale the
-    train mean is 0.5 and the std 0.5, and standardized pixels are exactly +1 or -1."""
-    directory.mkdir(parents=True, exist_ok=True)
-    train = np.zeros((4, 28, 28), np.uint8)
-    train[:2] = 255
-    test = np.array([np.full((28, 28), 255), np.zeros((28, 28))], np.uint8)
-    arrays = {
-        "train-images-idx3-ubyte.gz": train,
-        "train-labels-idx1-ubyte.gz": np.array([0, 9, 3, 3], np.uint8),
-        "t10k-images-idx3-ubyte.gz": test,
-        "t10k-labels-idx1-ubyte.gz": np.array([1, 2], np.uint8),
-    }
-    for name, array in arrays.items():
-        (directory / name).write_bytes(gzip.compress(idx_bytes(array)))
+from tests.helpers import idx_bytes, write_fashion_files
 
 
 @pytest.fixture(scope="module")

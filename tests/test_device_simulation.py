@@ -1,56 +1,29 @@
 """The server's device simulation: memory admission, the simulated clock, stragglers."""
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from torch import nn
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
+from clients.finetune import Bias, Full, Head
+from fedsim import keys
+from fedsim.fleet.admission import MIB
+from fedsim.fleet.availability import AlwaysOnline
 from fedsim.fleet.budget import MemoryBudget
+from fedsim.fleet.device_simulation import DeviceSimulation
+from fedsim.fleet.fleet import Fleet
 from fedsim.fleet.flops import train_cost
 from fedsim.fleet.memory import estimate_train_memory
-from fedsim import keys
-from fedsim.fleet.availability import AlwaysOnline
-from fedsim.config import FineTune
-from fedsim.fleet.profile import DeviceProfile
-from fedsim.fleet.fleet import Fleet
+from fedsim.fleet.settlement import keep_first_finishers
 from fedsim.report.run_log import RoundRecord
 from fedsim.report.summary import device_report
-from fedsim.fleet.device_simulation import MIB, DeviceSimulation, keep_first_finishers
-
-INPUT = (1, 8, 8)
-SAMPLES = 20  # every phone's shard
-
-
-def tiny_model() -> nn.Module:
-    torch_seq = nn.Sequential(
-        OrderedDict(
-            features=nn.Sequential(
-                nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            ),
-            classifier=nn.Linear(8, 10),
-        )
-    )
-    return torch_seq
-
-
-def profile(name: str, ram_mb: float, **changes) -> DeviceProfile:
-    fields = dict(
-        name=name, ram_mb=ram_mb, fp32_gflops=0.001, int8_gflops=0.004, int8_accelerator="none",
-        uplink_mbps=1.0, downlink_mbps=4.0, latency_ms=50.0, energy_j_per_gflop=2.0,
-        energy_j_per_gflop_int8=0.5, energy_j_per_mb=1.5, availability=(1.0,) * 24,
-    )
-    return DeviceProfile(**(fields | changes))
+from tests.helpers import INPUT, SAMPLES, profile, sent, tiny_model
 
 
 def simulation(
     policy: str, deadline_s=None, needed=None, small_ram=None, min_batch=2
 ) -> DeviceSimulation:
     model = tiny_model()
-    full = estimate_train_memory(model, INPUT, 8, "full").total
+    full = estimate_train_memory(model, INPUT, 8, Full()).total
     # "small" phones have 10 % less RAM than full fine-tuning at batch 8 needs; "big" 10 % more.
     tiers = {
         "small": profile("small", small_ram or 0.9 * full / MIB),
@@ -59,15 +32,10 @@ def simulation(
     fleet = Fleet(tiers, {"small": 0.5, "big": 0.5}, speed_sigma=0.0, seed=3)
     return DeviceSimulation(
         fleet=fleet, availability=AlwaysOnline(), budget=MemoryBudget(policy, min_batch, ("full", "bias", "head")),
-        finetune=FineTune("full", True), model=model, input_shape=INPUT, batch_size=8, epochs=2,
+        finetune=Full(), model=model, input_shape=INPUT, batch_size=8, epochs=2,
         samples=lambda cid: SAMPLES, model_bytes=40_000, seed=3, deadline_s=deadline_s,
         start_hour=0.0, needed=needed,
     )
-
-
-def sent(cid: int) -> Message:
-    config = ConfigRecord({keys.CLIENT_ID: cid, keys.LOCAL_EPOCHS: 2})
-    return Message(RecordDict({"config": config}), dst_node_id=1, message_type=MessageType.TRAIN)
 
 
 def reply(to: Message, cid: int, payload_bytes: int) -> Message:
@@ -98,15 +66,15 @@ def test_strict_drops_exactly_the_phones_whose_estimate_exceeds_their_ram() -> N
 
 def test_adapt_halves_the_batch_then_falls_back_to_a_cheaper_mode() -> None:
     model = tiny_model()
-    full4 = estimate_train_memory(model, INPUT, 4, "full").total
+    full4 = estimate_train_memory(model, INPUT, 4, Full()).total
     # Full at batch 4 fits a small phone (RAM between full@4 and full@8): adapt halves the batch.
     sim = simulation("adapt", small_ram=1.01 * full4 / MIB)
     plans = admit_all(sim, range(40))
     small = [c for c in range(40) if sim.fleet.tier_of(c) == "small"]
     assert {(plans[c][keys.FINETUNE_MODE], plans[c][keys.BATCH_SIZE]) for c in small} == {("full", 4)}
     # No halving below 8, and RAM only for head-only fine-tuning: adapt skips bias.
-    head8 = estimate_train_memory(model, INPUT, 8, "head").total
-    assert head8 < estimate_train_memory(model, INPUT, 8, "bias").total
+    head8 = estimate_train_memory(model, INPUT, 8, Head()).total
+    assert head8 < estimate_train_memory(model, INPUT, 8, Bias()).total
     sim = simulation("adapt", small_ram=1.01 * head8 / MIB, min_batch=8)
     plans = admit_all(sim, range(40))
     assert {(plans[c][keys.FINETUNE_MODE], plans[c][keys.BATCH_SIZE]) for c in small} == {("head", 8)}
@@ -118,7 +86,7 @@ def test_round_time_is_the_slowest_kept_phone_by_the_clock_formula() -> None:
     messages = [sent(c) for c in range(4)]
     payload = {0: 10_000, 1: 20_000, 2: 30_000, 3: 40_000}
     settled = sim.settle(1, messages, [reply(m, c, payload[c]) for c, m in enumerate(messages)])
-    flops = train_cost(tiny_model(), INPUT, "full", samples=SAMPLES, epochs=2, cache_features=True)
+    flops = train_cost(tiny_model(), INPUT, Full(), samples=SAMPLES, epochs=2)
     p = sim.fleet.profile_of(3)
     # download 40 kB at 4 Mbit/s = 0.08 s, + 50 ms latency; compute at 1 MFLOP/s;
     # upload 40 kB at 1 Mbit/s = 0.32 s, + 50 ms.
@@ -134,7 +102,7 @@ def test_round_time_is_the_slowest_kept_phone_by_the_clock_formula() -> None:
 
 def test_deadline_drops_late_phones_and_the_round_lasts_until_the_deadline() -> None:
     sim = simulation("adapt", small_ram=1e6)
-    flops = train_cost(tiny_model(), INPUT, "full", samples=SAMPLES, epochs=2, cache_features=True)
+    flops = train_cost(tiny_model(), INPUT, Full(), samples=SAMPLES, epochs=2)
     before_upload = 0.05 + 40_000 * 8 / 4e6 + flops.fp32_flops / 1e6
     # Enough time for a 10 kB upload (0.13 s) but not a 40 kB one (0.37 s).
     deadline = before_upload + 0.2

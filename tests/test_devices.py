@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from fedsim.fleet.availability import AlwaysOnline, Diurnal, TraceAvailability
 from fedsim.errors import ConfigError
+from fedsim.fleet.fleet import Fleet
 from fedsim.fleet.profile import DeviceProfile
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -38,7 +39,7 @@ def test_profile_converts_availability_list_to_tuple():
         ("uplink_mbps", 0), ("downlink_mbps", float("nan")), ("latency_ms", -1),
         ("energy_j_per_gflop", -0.1), ("energy_j_per_gflop_int8", -1), ("energy_j_per_mb", -1),
         ("int8_accelerator", "tpu"), ("availability", [0.5] * 23), ("availability", [1.5] * 24),
-        ("availability", [-0.1] * 24), ("availability", "night"), ("finetune", "turbo"),
+        ("availability", [-0.1] * 24), ("availability", "night"),
     ],
 )
 def test_impossible_profile_numbers_name_the_field(field, value):
@@ -48,6 +49,16 @@ def test_impossible_profile_numbers_name_the_field(field, value):
     name = profile().name
     assert message.startswith(f"fleet.tiers.{name}.{field} (conf/device/{name}.yaml): ")
     assert "\n" not in message
+
+
+def test_a_tier_mode_no_phone_knows_is_refused_by_the_fleet():
+    # The profile holds a mode's name; the fleet it is built into checks it (clients.finetune).
+    with pytest.raises(ConfigError) as err:
+        Fleet({"toy": profile(finetune="turbo")}, {"toy": 1.0})
+    assert str(err.value) == (
+        "fleet.tiers.toy.finetune (conf/device/toy.yaml): no mode 'turbo' "
+        "(choose from full, head, bias, qat, int8_head)"
+    )
 
 
 def test_zero_latency_and_energy_are_allowed():

@@ -15,21 +15,29 @@ from fedsim.fleet.budget import MemoryBudget
 from clients.distillation import KDLoss, kd_loss, logits_of, soft_targets
 from fedsim.fleet.flops import count_flops
 from fedsim.fleet.memory import estimate_inference_memory, estimate_train_memory
+from clients.finetune import Full
 from clients.training import LocalRecipe, train_in_mode
 from fedsim import keys
 from fedsim.fleet.availability import AlwaysOnline
-from fedsim.config import ConfigError, FineTune
+from fedsim.config import ConfigError
 from fedsim.data.shards import ShardSource
-from fedsim.proxy.distillation import Distillation, DistilledPretraining, distilled_pretraining
+from fedsim.proxy.distillation import (
+    Distillation,
+    DistilledPretraining,
+    ServerEnsemble,
+    ServerPre,
+    distilled_pretraining,
+)
 from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.resnet import resnet
 from fedsim.models.state import exchangeable_state
 from fedsim.proxy.pretrain import Pretraining, cache_key
-from fedsim.fleet.device_simulation import MIB, DeviceSimulation
+from fedsim.fleet.admission import MIB
+from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.strategy.ensemble_distillation import EnsembleDistillation, ensemble_targets
 from fedsim.proxy.teacher import Teacher, trained_teacher
-from tests.test_device_simulation import INPUT, SAMPLES, profile, sent, tiny_model
+from tests.helpers import INPUT, SAMPLES, profile, sent, tiny_model
 
 # --- the loss -------------------------------------------------------------------------------
 
@@ -85,7 +93,7 @@ def test_training_against_a_teacher_moves_the_student_towards_it() -> None:
             OrderedDict(features=nn.Flatten(), classifier=nn.Linear(64, 10))
         )
         recipe = LocalRecipe(epochs=30, batch_size=16, lr=0.1, momentum=0.9)
-        train_in_mode(student, x, y, recipe, torch.Generator().manual_seed(0), "full", **distill)
+        train_in_mode(student, x, y, recipe, torch.Generator().manual_seed(0), Full(), **distill)
         log_p = F.log_softmax(logits_of(student, x), -1)
         return F.kl_div(log_p, F.softmax(teacher, -1), reduction="batchmean").item()
 
@@ -100,7 +108,7 @@ def test_training_against_a_teacher_moves_the_student_towards_it() -> None:
 def digits_shards(fraction: float = 0.2) -> ShardSource:
     return ShardSource.from_config(
         {"_target_": "fedsim.data.datasets.Digits"},
-        {"_target_": "fedsim.data.partition.IidPartitioner"},
+        {"_target_": "fedsim.data.partition.iid.IidPartitioner"},
         10, 0, proxy_fraction=fraction, proxy_seed=0,
     )
 
@@ -136,7 +144,7 @@ def test_the_teacher_is_cached_and_a_second_run_reuses_it(tmp_path) -> None:
 def test_a_distilled_student_has_its_own_cache_key() -> None:
     plain = Pretraining(fraction=0.1)
     logits = np.zeros((5, 10), np.float32)
-    distilled = distilled_pretraining(plain, Distillation(where="server_pre"), 0.1, "abc", logits)
+    distilled = distilled_pretraining(plain, Distillation(where=ServerPre()), 0.1, "abc", logits)
     spec = ({"d": 1}, {"m": 1})
     assert cache_key(distilled, *spec) != cache_key(plain, *spec)
     hotter = dataclasses.replace(distilled, temperature=8.0)
@@ -169,6 +177,35 @@ def test_bad_distill_settings_name_the_field(field, value, message) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         Distillation(**{field: value})
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("where", "teacher", "proxy_logits", "refines", "phones", "report"),
+    [
+        ("none", False, True, False, False, {}),
+        ("server_pre", True, True, False, False, {}),
+        ("server_ensemble", True, True, True, False, {"ensemble": "teacher"}),
+        ("client", True, False, False, True, {}),
+    ],
+)
+def test_each_distill_place_is_an_option_picked_by_its_name(
+    where, teacher, proxy_logits, refines, phones, report
+) -> None:
+    from hydra.utils import instantiate
+
+    from tests.helpers import make_cfg
+
+    distill = instantiate(make_cfg(f"distill.where={where}", "distill.temperature=2").distill)
+    assert distill.where.name == where and distill.temperature == 2  # summary.json's value
+    assert distill.enabled == (where != "none") and distill.uses_teacher == teacher
+    assert distill.where.needs_proxy_logits == proxy_logits
+    assert distill.where.refines_aggregate == refines
+    assert distill.where.phones_distill == phones and (distill.where.on_device("t") == "t") == phones
+    assert distill.where.report(distill) == report
+    assert not distill.uses_client_models
+    both = dataclasses.replace(distill, ensemble="clients")
+    assert both.uses_client_models == (where == "server_ensemble")
+    assert both.uses_teacher == (teacher and where != "server_ensemble")
 
 
 def test_a_teacher_without_a_target_is_refused() -> None:
@@ -223,7 +260,7 @@ def test_server_refinement_pulls_the_aggregate_towards_the_targets(ensemble) -> 
             nn.init.normal_(p, std=0.3)
         clients.append(model)
     teacher = torch.randn(len(x), 10, generator=torch.Generator().manual_seed(3)).numpy() * 4
-    distill = Distillation(where="server_ensemble", ensemble=ensemble, alpha=1.0,
+    distill = Distillation(where=ServerEnsemble(), ensemble=ensemble, alpha=1.0,
                            temperature=1.0, server_epochs=3, server_lr=0.01)
     wrapper = EnsembleDistillation(Mean(), distill, builder, shards,
                                    None if ensemble == "clients" else teacher, seed=0)
@@ -262,12 +299,12 @@ def wide_teacher() -> nn.Module:
 
 def distilling_fleet(small_ram_mb: float, deadline_s=None) -> DeviceSimulation:
     student, teacher = tiny_model(), wide_teacher()
-    full = estimate_train_memory(student, INPUT, 8, "full").total
+    full = estimate_train_memory(student, INPUT, 8, Full()).total
     tiers = {"small": profile("small", small_ram_mb), "big": profile("big", 10 * full / MIB)}
     return DeviceSimulation(
         fleet=Fleet(tiers, {"small": 0.5, "big": 0.5}, speed_sigma=0.0, seed=3),
         availability=AlwaysOnline(), budget=MemoryBudget("strict", 8, ("full",)),
-        finetune=FineTune("full", True), model=student, input_shape=INPUT, batch_size=8,
+        finetune=Full(), model=student, input_shape=INPUT, batch_size=8,
         epochs=2, samples=lambda cid: SAMPLES, model_bytes=40_000, seed=3,
         deadline_s=deadline_s, start_hour=0.0, needed=None, teacher=teacher,
         teacher_bytes=100_000,
@@ -281,7 +318,7 @@ def admitted(sim: DeviceSimulation, ids) -> dict[int, dict | None]:
 
 def test_phones_that_cannot_hold_the_teacher_train_without_it_and_the_record_says_so() -> None:
     student, teacher = tiny_model(), wide_teacher()
-    train = estimate_train_memory(student, INPUT, 8, "full").total
+    train = estimate_train_memory(student, INPUT, 8, Full()).total
     infer = estimate_inference_memory(teacher, INPUT, 8)
     assert infer > train  # the wide teacher's forward needs more than the student's training
     sim = distilling_fleet(small_ram_mb=(train + infer) / 2 / MIB)
@@ -305,7 +342,7 @@ def test_the_teacher_costs_its_download_and_one_forward_per_sample_on_the_clock(
     sim = distilling_fleet(small_ram_mb=1e6)
     plan = sim.budget.plan(sim.memory_bytes, 10**12, "full", 8)
     plain, distilling = sim.cost(0, plan, 2, 1000), sim.cost(0, plan, 2, 1000, distill=True)
-    teacher_flops = count_flops(wide_teacher(), INPUT, "full", 1).forward * SAMPLES
+    teacher_flops = count_flops(wide_teacher(), INPUT, Full(), 1).forward * SAMPLES
     # Profile: 1 MFLOP/s fp32, 4 Mbit/s down.
     assert distilling.compute_s - plain.compute_s == pytest.approx(teacher_flops / 1e6)
     assert distilling.download_s - plain.download_s == pytest.approx(100_000 * 8 / 4e6)
@@ -321,8 +358,9 @@ def test_the_teacher_costs_its_download_and_one_forward_per_sample_on_the_clock(
 
 
 def test_server_pre_starts_from_a_student_distilled_on_the_proxy_split(tmp_path) -> None:
-    from fedsim.run.preparation import prepare, prepared_teacher, starting_point
-    from tests.test_config import make_cfg
+    from fedsim.run.preparation import prepare
+    from fedsim.run.starting_point import prepared_teacher, starting_point
+    from tests.helpers import make_cfg
 
     small = [
         "model.width_mult=0.35", "teacher.model.depth=8", "teacher.epochs=1",

@@ -1,36 +1,14 @@
 """Whole runs through the real CLI, Hydra, Flower and Ray (small, but nothing is faked)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "simulation.rounds=2",
-    "simulation.population=20",
-    "simulation.clients_per_round=4",
-    "simulation.local.epochs=1",
-    "model.width_mult=0.35",
-    "progress=lines",
-]
-WALL_FIELDS = ("wall_s", "elapsed_wall_s", "client_wall_s")
+from tests.helpers import WALL_FIELDS, rounds, run_cli
 
-
-def run_cli(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "run_sim.py", *TINY, *overrides, f"hydra.run.dir={out_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
-
-
-def rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+pytestmark = pytest.mark.slow  # every test here starts Ray
 
 
 @pytest.fixture(scope="module")

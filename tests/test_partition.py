@@ -5,20 +5,20 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fedsim.data.partition import (
-    DirichletPartitioner,
+from fedsim.data.partition.base import (
     DisjointPartition,
-    IidPartitioner,
     PartitionError,
     SampledPartition,
-    ShardPartitioner,
     fill_capped,
     largest_remainder,
 )
+from fedsim.data.partition.dirichlet import DirichletPartitioner
+from fedsim.data.partition.iid import IidPartitioner
+from fedsim.data.partition.label_shards import LabelShardPartitioner
 
 TEN_BY_100 = np.repeat(np.arange(10), 100)  # 1000 samples, 100 of each of 10 classes
 TEN_BY_20 = np.repeat(np.arange(10), 20)  # 200 samples, 20 of each class
-ALL_RULES = [IidPartitioner, DirichletPartitioner, ShardPartitioner]
+ALL_RULES = [IidPartitioner, DirichletPartitioner, LabelShardPartitioner]
 
 
 def shards_of(partition) -> list[np.ndarray]:
@@ -89,7 +89,8 @@ def test_dirichlet_small_alpha_skews_labels_more() -> None:
 def test_shards_give_each_client_two_classes() -> None:
     # 200 samples sorted by label, cut into 10 x 2 = 20 shards of 10: each class is exactly two
     # shards, so each client (2 shards) holds at most 2 classes, with 10 or 20 samples of each.
-    partition = ShardPartitioner(classes_per_client=2, min_samples=0).split(TEN_BY_20, 10, seed=0)
+    config = LabelShardPartitioner(classes_per_client=2, min_samples=0)
+    partition = config.split(TEN_BY_20, 10, seed=0)
     for shard in assert_disjoint_cover(partition, 200, 0):
         counts = np.bincount(TEN_BY_20[shard])
         assert len(shard) == 20
@@ -132,7 +133,7 @@ def test_sampled_split_allocates_nothing_per_client() -> None:
 
 def test_sampled_shards_split_evenly_over_distinct_classes() -> None:
     # 11 samples over 2 distinct classes: 6 and 5.
-    config = ShardPartitioner(classes_per_client=2, samples_per_client=11)
+    config = LabelShardPartitioner(classes_per_client=2, samples_per_client=11)
     partition = config.split(TEN_BY_20, 1000, seed=0)
     for client in range(0, 1000, 37):
         counts = np.bincount(TEN_BY_20[partition.indices(client)])
@@ -168,7 +169,7 @@ def test_disjoint_population_too_large_is_one_line() -> None:
     ("rule", "fields", "field"),
     [
         (DirichletPartitioner, {"alpha": 0.0}, "alpha"),
-        (ShardPartitioner, {"classes_per_client": 0}, "classes_per_client"),
+        (LabelShardPartitioner, {"classes_per_client": 0}, "classes_per_client"),
         (IidPartitioner, {"samples_per_client": 0}, "samples_per_client"),
         (IidPartitioner, {"samples_per_client": 3, "min_samples": 5}, "samples_per_client"),
         (IidPartitioner, {"quantity_skew": -0.5}, "quantity_skew"),
@@ -184,8 +185,11 @@ def test_invalid_config_names_the_field(rule, fields: dict, field: str) -> None:
 @pytest.mark.parametrize(
     ("config", "population", "seed", "field"),
     [
-        (ShardPartitioner(classes_per_client=11), 5, 0, "classes_per_client"),  # 10 classes
-        (ShardPartitioner(classes_per_client=11, samples_per_client=5), 5, 0, "classes_per_client"),
+        (LabelShardPartitioner(classes_per_client=11), 5, 0, "classes_per_client"),  # 10 classes
+        (
+            LabelShardPartitioner(classes_per_client=11, samples_per_client=5), 5, 0,
+            "classes_per_client",
+        ),
         (IidPartitioner(samples_per_client=201), 5, 0, "samples_per_client"),  # 200 samples
         (IidPartitioner(), 0, 0, "population"),
         (IidPartitioner(), 5, -1, "seed"),

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import fedsim.proxy.pretrain as pretrain_module
 from fedsim.errors import ConfigError
-from fedsim.data.partition import proxy_indices
+from fedsim.data.partition.proxy import proxy_indices
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
 from fedsim.proxy.pretrain import (
@@ -24,7 +24,7 @@ from fedsim.proxy.pretrain import (
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "pretrain"
 DIGITS = {"_target_": "fedsim.data.datasets.Digits"}
-IID = {"_target_": "fedsim.data.partition.IidPartitioner"}
+IID = {"_target_": "fedsim.data.partition.iid.IidPartitioner"}
 # A small student, so a few epochs on a contended 2-CPU box stay within seconds.
 TINY = {"_target_": "fedsim.models.mobilenet_v2.mobilenet_v2", "width_mult": 0.25, "dropout": 0.0}
 BATCH_NORM = {"_target_": "torch.nn.BatchNorm2d", "_partial_": True}

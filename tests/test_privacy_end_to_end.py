@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.privacy.local_dp import LocalDPAccountant
+from fedsim.privacy.local_accounting import LocalDPAccountant
 from fedsim.server.sampler import CohortSampler
-from tests.test_end_to_end import ROOT, TINY
-from tests.test_end_to_end import rounds as read_rounds
+from tests.helpers import ROOT, TINY
+from tests.helpers import rounds as read_rounds
+
+pytestmark = pytest.mark.slow  # every test here shares one Ray sweep
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,15 @@ from clients.local_dp import privatize
 from fedsim import keys
 from fedsim.privacy import PrivacyConfigError
 from fedsim.privacy.accounting import PrivacyAccountant, epsilon
-from fedsim.strategy.central_dp import AdaptiveClipping, CentralDP
-from fedsim.privacy.local_dp import LocalDP, LocalDPAccountant, LocalDPInstructions
+from fedsim.privacy.local_accounting import LocalDPAccountant
+from fedsim.privacy.local_options import LocalDP
 from fedsim.privacy.options import CentralDPAdaptiveClipping, CentralDPFixedClipping, deployment
+from fedsim.privacy.plan import AdaptiveClipping, CentralNoise, LocalNoise
+from fedsim.strategy.central_dp import CentralDP
+from fedsim.strategy.local_dp import LocalDPInstructions
+from fedsim.strategy.stack import with_privacy
 from fedsim.server.sampler import CohortSampler
-from tests.test_central_dp import replies_for
-from tests.test_virtual_clients import FakeGrid
+from tests.helpers import FakeGrid, replies_for
 
 RUN = {"population": 100, "cohort": 10, "sampling": "poisson", "seed": 0, "rounds": 5}
 
@@ -44,24 +47,20 @@ def test_adaptive_norm_shrinks_when_every_update_is_within_it() -> None:
 
 
 def test_adaptive_option_accounts_the_total_z_and_noises_updates_with_z_delta() -> None:
-    plan = CentralDPAdaptiveClipping(noise_multiplier=1.0, clipped_count_stddev=2.0).attach(
-        FedAvg(), **RUN
-    )
+    plan = CentralDPAdaptiveClipping(noise_multiplier=1.0, clipped_count_stddev=2.0).plan(**RUN)
     z_delta = (1.0**-2 - (2 * 2.0) ** -2) ** -0.5  # 1.0328
     assert plan.report["update_noise_multiplier"] == pytest.approx(z_delta)
-    assert plan.mechanism.noise_multiplier == pytest.approx(z_delta)
-    fixed = CentralDPFixedClipping(noise_multiplier=1.0).attach(FedAvg(), **RUN)
+    assert plan.noise.noise_multiplier == pytest.approx(z_delta)
+    fixed = CentralDPFixedClipping(noise_multiplier=1.0).plan(**RUN)
     assert plan.epsilon_after(5) == pytest.approx(fixed.epsilon_after(5))  # same budget
     # Default sigma_b: cohort / 20 = 0.5 would leave nothing for the updates; it becomes z.
-    small = CentralDPAdaptiveClipping(noise_multiplier=1.0).attach(FedAvg(), **RUN)
+    small = CentralDPAdaptiveClipping(noise_multiplier=1.0).plan(**RUN)
     assert small.report["clipped_count_stddev"] == 1.0
 
 
 def test_adaptive_count_noise_that_uses_up_the_budget_is_refused() -> None:
     with pytest.raises(PrivacyConfigError, match="clipped_count_stddev"):
-        CentralDPAdaptiveClipping(noise_multiplier=2.0, clipped_count_stddev=0.5).attach(
-            FedAvg(), **RUN
-        )
+        CentralDPAdaptiveClipping(noise_multiplier=2.0, clipped_count_stddev=0.5).plan(**RUN)
 
 
 # --- noise_cohort_size (pfl-research) ----------------------------------------------------------
@@ -70,10 +69,8 @@ def test_adaptive_count_noise_that_uses_up_the_budget_is_refused() -> None:
 def test_noise_cohort_size_keeps_the_sampling_rate_and_scales_the_noise() -> None:
     where = deployment(population=100, cohort=10, noise_cohort_size=1000, accounting_population=None)
     assert (where.population, where.cohort, where.noise_scale) == (10_000, 1000, 0.01)
-    plan = CentralDPFixedClipping(noise_multiplier=1.0, noise_cohort_size=1000).attach(
-        FedAvg(), **RUN
-    )
-    assert plan.mechanism.noise_multiplier == pytest.approx(0.01)  # z * m / M on the sum
+    plan = CentralDPFixedClipping(noise_multiplier=1.0, noise_cohort_size=1000).plan(**RUN)
+    assert plan.noise.noise_multiplier == pytest.approx(0.01)  # z * m / M on the sum
     direct = PrivacyAccountant(1.0, 1e-4, "poisson", 10_000, 1000, "pld").epsilon_after(5)
     assert plan.epsilon_after(5) == pytest.approx(direct)
     assert plan.report["delta"] == 1e-4  # 1 / accounting population
@@ -83,8 +80,9 @@ def test_noise_cohort_size_keeps_the_sampling_rate_and_scales_the_noise() -> Non
 def test_noise_cohort_size_gives_the_mean_the_production_std() -> None:
     plan = CentralDPFixedClipping(
         clipping_norm=2.0, noise_multiplier=1.5, noise_cohort_size=100
-    ).attach(FedAvg(), **RUN)
-    dp = plan.mechanism
+    ).plan(**RUN)
+    dp = with_privacy(FedAvg(), plan.noise)  # the wrapper the strategy stack builds
+    assert isinstance(dp, CentralDP)
     agg, _ = dp.aggregate_train(1, replies_for(dp, np.zeros(20_000), [np.zeros(20_000)], [1]))
     # std on the mean = z * C / M = 1.5 * 2 / 100 = 0.03, whatever the simulated cohort (10).
     assert np.std(agg["w"].numpy()) == pytest.approx(0.03, rel=0.02)
@@ -92,7 +90,7 @@ def test_noise_cohort_size_gives_the_mean_the_production_std() -> None:
 
 def test_accounting_population_without_noise_cohort_size_is_refused() -> None:
     with pytest.raises(PrivacyConfigError, match="^privacy.accounting_population"):
-        CentralDPFixedClipping(accounting_population=5000).attach(FedAvg(), **RUN)
+        CentralDPFixedClipping(accounting_population=5000).plan(**RUN)
 
 
 # --- local DP -------------------------------------------------------------------------------
@@ -137,5 +135,21 @@ def test_local_dp_stamps_every_message_and_counts_clipped_reports() -> None:
 
 
 def test_local_dp_refuses_loss_weighted_aggregation() -> None:
+    plan = LocalDP().plan(population=10, sampler=CohortSampler(10, 2, 0))
+    assert plan.noise == LocalNoise(clipping_norm=1.0, noise_multiplier=1.0)
     with pytest.raises(PrivacyConfigError, match="QFedAvg"):
-        LocalDP().attach(QFedAvg(client_learning_rate=0.1), population=10, sampler=CohortSampler(10, 2, 0))
+        plan.check(QFedAvg(client_learning_rate=0.1))  # before Ray starts
+    with pytest.raises(PrivacyConfigError, match="QFedAvg"):
+        with_privacy(QFedAvg(client_learning_rate=0.1), plan.noise)
+
+
+def test_the_stack_builds_the_wrapper_each_option_describes() -> None:
+    central = with_privacy(FedAvg(), CentralNoise(2.0, 0.5, expected_cohort=10, seed=3))
+    assert isinstance(central, CentralDP) and central.adaptive is None
+    assert (central.clipping_norm, central.noise_multiplier, central.expected_cohort,
+            central.seed) == (2.0, 0.5, 10, 3)
+    local = with_privacy(FedAvg(), LocalNoise(0.5, 2.0))
+    assert isinstance(local, LocalDPInstructions)
+    assert (local.clipping_norm, local.noise_multiplier) == (0.5, 2.0)
+    user = FedAvg()
+    assert with_privacy(user, None) is user

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clients.finetune import FineTuneMode, trainable_names
+from clients.finetune import Full, Head, Int8Head, Qat, pooled_features
 from clients.quantize import (
     FakeQuantMode,
     affine_qparams,
@@ -17,7 +17,7 @@ from clients.quantize import (
     quantize_backbone,
     symmetric_scales,
 )
-from clients.training import LocalRecipe, pooled_features, train_in_mode
+from clients.training import LocalRecipe, train_in_mode
 from fedsim.models.mobilenet_v2 import mobilenet_v2
 
 torch.set_num_threads(1)
@@ -99,13 +99,13 @@ def test_qat_leaves_a_plain_float_model_with_the_same_names() -> None:
     keys, types = list(model.state_dict()), [type(m) for m in model.modules()]
     before = [p.detach().clone() for p in model.parameters()]
     x, y = shard()
-    result = train_in_mode(model, x, y, LocalRecipe(1, 8, 0.05), torch.Generator().manual_seed(0), "qat")
+    result = train_in_mode(model, x, y, LocalRecipe(1, 8, 0.05), torch.Generator().manual_seed(0), Qat())
     assert result.steps == 3 and math.isfinite(result.mean_loss)
     assert list(model.state_dict()) == keys and [type(m) for m in model.modules()] == types
     assert hooks_of(model) == 0 and torch._C._len_torch_function_stack() == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.dim() > 1)
-    assert trainable_names(model, "qat") == set(dict(model.named_parameters()))
+    assert Qat().trainable_names(model) == set(dict(model.named_parameters()))
 
 
 def test_int8_head_trains_the_head_over_a_real_int8_backbone() -> None:
@@ -114,13 +114,13 @@ def test_int8_head_trains_the_head_over_a_real_int8_backbone() -> None:
     backbone = {k: v.clone() for k, v in model.features.state_dict().items()}
     head = [p.detach().clone() for p in model.classifier.parameters()]
     recipe = LocalRecipe(2, 8, 0.1, momentum=0.9)
-    result = train_in_mode(model, x, y, recipe, torch.Generator().manual_seed(0), "int8_head")
+    result = train_in_mode(model, x, y, recipe, torch.Generator().manual_seed(0), Int8Head())
     assert result.steps == 6 and result.num_examples == 24
     # Bit-identical backbone, BatchNorm statistics included; the head moved.
     assert all(torch.equal(v, model.features.state_dict()[k]) for k, v in backbone.items())
     assert all(not torch.equal(a, b) for a, b in zip(head, model.classifier.parameters()))
     assert hooks_of(model) == 0 and isinstance(model.features, nn.Sequential)
-    assert trainable_names(model, FineTuneMode.INT8_HEAD) == trainable_names(model, "head")
+    assert Int8Head().trainable_names(model) == Head().trainable_names(model)
 
 
 def test_int8_backbone_is_int8_and_close_to_float() -> None:
@@ -147,7 +147,7 @@ def test_int8_weight_bytes_by_hand() -> None:
 def test_one_model_instance_is_reusable_across_modes() -> None:
     model = student()
     x, y = shard(16)
-    for mode in ("int8_head", "qat", "head", "full"):
+    for mode in (Int8Head(), Qat(), Head(), Full()):
         train_in_mode(model, x, y, LocalRecipe(1, 8, 0.05), torch.Generator().manual_seed(0), mode)
     assert all(p.requires_grad for p in model.parameters()) and hooks_of(model) == 0
     assert isinstance(model.features, nn.Sequential)

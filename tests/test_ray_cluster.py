@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_end_to_end import run_cli
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster and a run on it
 
 
 def free_port() -> int:

@@ -18,8 +18,8 @@ from fedsim.errors import ConfigError
 from fedsim.run.resume import resume_config
 from fedsim.server.faults import FaultPlan
 from fedsim.server.sampler import CohortSampler
-from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, run_cli
-from tests.test_end_to_end import rounds as read_rounds
+from tests.helpers import ROOT, TINY, WALL_FIELDS, run_cli
+from tests.helpers import rounds as read_rounds
 
 ROUNDS = ["simulation.rounds=4"]
 CLIENT_TIMEOUT_S = 25.0
@@ -64,6 +64,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # starts Ray
 def test_kill_minus_9_then_resume_is_bit_identical(uninterrupted: Path, tmp_path: Path) -> None:
     proc = start(tmp_path)
     wait_for_rounds(tmp_path, 1, proc)
@@ -79,6 +80,7 @@ def test_kill_minus_9_then_resume_is_bit_identical(uninterrupted: Path, tmp_path
     assert json.loads((tmp_path / "summary.json").read_text())["stopped"] == "completed"
 
 
+@pytest.mark.slow  # starts Ray
 def test_ctrl_c_checkpoints_and_resumes_identically(uninterrupted: Path, tmp_path: Path) -> None:
     proc = start(tmp_path)
     wait_for_rounds(tmp_path, 2, proc)
@@ -92,6 +94,7 @@ def test_ctrl_c_checkpoints_and_resumes_identically(uninterrupted: Path, tmp_pat
     assert strip(read_rounds(tmp_path)) == strip(read_rounds(uninterrupted))
 
 
+@pytest.mark.slow  # its run starts Ray
 def test_resume_refuses_overrides_that_change_results(uninterrupted: Path) -> None:
     with pytest.raises(ConfigError, match="^resume: 'simulation.seed=3' would change the results"):
         resume_config(uninterrupted, ["simulation.seed=3"])
@@ -102,6 +105,7 @@ def test_resume_refuses_overrides_that_change_results(uninterrupted: Path) -> No
     assert result.stderr.startswith("fedsim: error: resume: 'strategy=fedprox' would change")
 
 
+@pytest.mark.slow  # starts Ray
 def test_injected_faults_are_each_accounted_for(tmp_path: Path) -> None:
     faults = Faults(client_error_rate=0.3, slow_client_rate=0.2, kill_actor_at_round=2)
     run_cli(

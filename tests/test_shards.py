@@ -6,7 +6,7 @@ from fedsim.data import shards
 from fedsim.data.shards import ShardSource
 
 DIGITS = {"_target_": "fedsim.data.datasets.Digits"}
-IID = {"_target_": "fedsim.data.partition.IidPartitioner"}
+IID = {"_target_": "fedsim.data.partition.iid.IidPartitioner"}
 
 
 def test_shard_is_a_pure_function_of_config_seed_and_id() -> None:

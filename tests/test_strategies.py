@@ -21,13 +21,15 @@ import pytest
 import torch
 
 from fedsim.models.state import exchangeable_state
-from fedsim.run.preparation import initial_model, prepare
-from tests.test_config import make_cfg, options
+from fedsim.run.preparation import prepare
+from fedsim.run.starting_point import initial_model
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.server.rounds import traffic
 from fedsim.strategy.decode_updates import DecodeUpdates
-from tests.test_end_to_end import ROOT, TINY, WALL_FIELDS, rounds, run_cli
-from tests.test_updates import environment, initial, one_round, parameters, prepared
+from tests.helpers import (
+    ROOT, TINY, WALL_FIELDS, environment, initial, make_cfg, one_round, options, parameters,
+    prepared, rounds, run_cli,
+)
 
 # TINY's workload as overrides prepare() accepts (progress is a run_sim option).
 TINY_IN_PROCESS = [o for o in TINY if not o.startswith("progress")]
@@ -84,6 +86,7 @@ def initial_state() -> dict[str, torch.Tensor]:
     return exchangeable_state(initial_model(prepare(cfg)))
 
 
+@pytest.mark.slow  # one Ray sweep over THROUGH_RAY
 @pytest.mark.parametrize("strategy", THROUGH_RAY)
 def test_stock_strategy_runs_two_rounds(sweep, initial_state, strategy: str) -> None:
     run_dir = job_dir(sweep, strategy)
@@ -101,6 +104,7 @@ def test_stock_strategy_runs_two_rounds(sweep, initial_state, strategy: str) -> 
     assert any(not torch.equal(final[k], initial_state[k]) for k in initial_state)  # it trained
 
 
+@pytest.mark.slow  # starts Ray
 def test_fedsgd_with_topk_error_feedback_and_gaussian_attackers_is_reproducible(tmp_path) -> None:
     # Error-feedback residuals live in files between rounds and the attack draws noise: the
     # same seed must still give the same metrics and model, and the residuals are removed.

@@ -16,15 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-from clients.finetune import FineTuneMode, trace_training_forward, trainable_names
-from fedsim.fleet.flops import op_flops
-from fedsim.fleet.memory import estimate_train_memory, measure_train_memory
+from clients.finetune import MODES, Full, mode_named
 from clients.training import LocalRecipe, train_in_mode
+from fedsim.fleet.flops import op_flops
+from fedsim.fleet.memory import estimate_train_memory
+from fedsim.fleet.trace import trace_training_forward
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.ghostnet import ghostnet
 from fedsim.models.layers import group_norm, no_norm
 from fedsim.models.shufflenet_v2 import channel_shuffle, shufflenet_v2
 from fedsim.models.squeezenet import squeezenet
+from tests.memory_probe import measure_train_memory
 
 Builder = Callable[..., nn.Module]
 STUDENTS = [
@@ -169,9 +171,9 @@ def test_config_instantiates_through_the_model_builder(name: str) -> None:
 
 
 @pytest.mark.parametrize("builder", STUDENTS)
-@pytest.mark.parametrize("mode", list(FineTuneMode), ids=str)
-def test_every_mode_trains_only_its_parameters(builder: Builder, mode: FineTuneMode) -> None:
-    model = tiny(builder)
+@pytest.mark.parametrize("name", list(MODES))
+def test_every_mode_trains_only_its_parameters(builder: Builder, name: str) -> None:
+    model, mode = tiny(builder), mode_named(name)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     x, y = torch.randn(8, *DIGITS), torch.randint(0, NUM_CLASSES, (8,))
     with warnings.catch_warnings():
@@ -179,7 +181,7 @@ def test_every_mode_trains_only_its_parameters(builder: Builder, mode: FineTuneM
         recipe, generator = LocalRecipe(1, BATCH, 0.1), torch.Generator().manual_seed(0)
         result = train_in_mode(model, x, y, recipe, generator, mode)
     assert result.steps == 2 and math.isfinite(result.mean_loss)
-    trainable = trainable_names(model, mode)
+    trainable = mode.trainable_names(model)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed <= trainable
     assert changed  # something trained
@@ -200,8 +202,8 @@ def test_memory_estimate_is_within_ten_percent_of_measurement(builder: Builder, 
     model = tiny(builder)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the trace's "op ... is not modelled" would raise
-        estimate = estimate_train_memory(model, DIGITS, BATCH, mode)
-    measured = measure_train_memory(model, DIGITS, BATCH, mode)
+        estimate = estimate_train_memory(model, DIGITS, BATCH, mode_named(mode))
+    measured = measure_train_memory(model, DIGITS, BATCH, mode_named(mode))
     assert estimate.total == pytest.approx(measured.total, rel=0.10)
     assert estimate.activations == pytest.approx(measured.activations, rel=0.10)
 
@@ -224,7 +226,7 @@ def test_flops_count_every_conv_and_linear(builder: Builder) -> None:
         model(torch.randn(1, *DIGITS))
     for h in hooks:
         h.remove()
-    calls = trace_training_forward(model, DIGITS, 1, "full")
+    calls = trace_training_forward(model, DIGITS, 1, Full())
     traced_macs = sum(
         math.prod(c.args["weight"].shape[1:]) * math.prod(c.out.shape)
         for c in calls

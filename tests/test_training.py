@@ -5,6 +5,7 @@ from flwr.app import ConfigRecord
 from torch import nn
 
 from clients.client_app import local_seed, recipe_for_round
+from clients.finetune import Full, Head, mode_named
 from clients.training import LocalRecipe, proximal_term, train_in_mode, train_locally
 from fedsim import keys
 from fedsim.models.mobilenet_v2 import mobilenet_v2
@@ -96,7 +97,7 @@ def test_head_with_cached_features_matches_the_uncached_update() -> None:
         model = digits_student()
         torch.manual_seed(7)  # the classifier's dropout draws the same masks in both paths
         results.append(
-            train_in_mode(model, x, y, recipe, torch.Generator().manual_seed(1), "head", cache)
+            train_in_mode(model, x, y, recipe, torch.Generator().manual_seed(1), Head(cache))
         )
         heads.append([p.detach().clone() for p in model.classifier.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*heads, strict=True))
@@ -107,12 +108,13 @@ def test_head_with_cached_features_matches_the_uncached_update() -> None:
 
 def test_frozen_backbone_batchnorm_stays_frozen_in_train_in_mode() -> None:
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    for mode, frozen in (("head", True), ("int8_head", True), ("bias", False)):
+    for name, frozen in (("head", True), ("int8_head", True), ("bias", False)):
+        mode = mode_named(name, cache_features=False)
         model = digits_student()
         bn = next(m for m in model.features.modules() if isinstance(m, nn.BatchNorm2d))
         before = bn.running_mean.clone()
-        train_in_mode(model, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), mode, False)
-        assert torch.equal(bn.running_mean, before) == frozen, mode
+        train_in_mode(model, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), mode)
+        assert torch.equal(bn.running_mean, before) == frozen, name
 
 
 def test_full_mode_is_train_locally() -> None:
@@ -121,5 +123,5 @@ def test_full_mode_is_train_locally() -> None:
     torch.manual_seed(5)
     train_locally(a, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0))
     torch.manual_seed(5)
-    train_in_mode(b, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), "full")
+    train_in_mode(b, x, y, LocalRecipe(1, 8, 0.1), torch.Generator().manual_seed(0), Full())
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

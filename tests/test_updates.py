@@ -4,7 +4,7 @@ No Ray: the ClientApp's ``train_reply`` answers the messages ``VirtualClients`` 
 server stack decodes and aggregates them, exactly as in a run.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from clients.client_app import ClientEnvironment, train_reply
@@ -26,48 +25,8 @@ from fedsim.compression.wire import from_records, record_nbytes
 from fedsim.models.state import exchangeable_state
 from fedsim.server.rounds import traffic
 from fedsim.strategy.decode_updates import DecodeUpdates
-from fedsim.strategy.virtual_clients import VirtualClients, client_id_of
-from fedsim.run.preparation import prepare
 from fedsim.updates import UpdateRule, kind_code
-from tests.test_config import CONF
-from tests.test_virtual_clients import FakeGrid
-
-
-def prepared(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["model.width_mult=0.35", *overrides])
-    return prepare(cfg)
-
-
-def environment(prep, rule: UpdateRule, **changes) -> ClientEnvironment:
-    env = ClientEnvironment(
-        shards=prep.shards, build_model=prep.builder,
-        recipe=LocalRecipe(epochs=1, batch_size=8, lr=0.05, momentum=0.9), seed=0, threads=1,
-        update=rule,
-    )
-    return replace(env, **changes)
-
-
-def one_round(env, stack, sampler, global_arrays, server_round=1):
-    """Configure, answer every message with the client function, aggregate."""
-    wrapper = VirtualClients(stack, sampler)
-    messages = list(wrapper.configure_train(server_round, global_arrays, ConfigRecord(), FakeGrid([1, 2])))
-    replies = []
-    for m in messages:
-        m.metadata.__dict__["_message_id"] = f"m{client_id_of(m)}"
-        replies.append(train_reply(env, m))
-    aggregated, _ = wrapper.aggregate_train(server_round, list(reversed(replies)))
-    return aggregated, messages, replies
-
-
-def initial(prep) -> tuple[nn.Module, ArrayRecord]:
-    torch.manual_seed(0)
-    model = prep.builder()
-    return model, ArrayRecord(exchangeable_state(model))
-
-
-def parameters(model: nn.Module) -> frozenset[str]:
-    return frozenset(n for n, _ in model.named_parameters())
+from tests.helpers import environment, initial, one_round, parameters, prepared
 
 
 def test_fedsgd_round_equals_one_centralised_step_on_the_union() -> None:

@@ -12,29 +12,12 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedsim import keys
 from fedsim.server.sampler import CohortSampler
 from fedsim.strategy.virtual_clients import VirtualClients, client_id_of
-
-
-class FakeGrid(Grid):
-    """Just enough of a Grid: a fixed set of node ids, like Flower's os.urandom ones."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def set_run(self, run): ...
-    @property
-    def run(self): ...
-    def create_message(self, *a, **k): ...
-    def get_node_ids(self):
-        return list(self.node_ids)
-    def push_messages(self, messages): ...
-    def pull_messages(self, message_ids): ...
-    def send_and_receive(self, messages, *, timeout=None): ...
+from tests.helpers import FakeGrid
 
 
 def arrays(value: float) -> ArrayRecord:

@@ -6,10 +6,11 @@ first use, and afterwards answers ``shard(client_id)`` with one fancy-index into
 already holds: no reload, no re-partitioning per call, and nothing stored per client, so memory
 does not grow with the population.
 
-When the server pre-trains on a proxy split (``fedsim.proxy.pretrain``), that split is held out of the
-train split first and the partitioner sees only the rest, the *client pool*: no phone holds a
-sample the server trained on. The proxy split depends on its own fraction and seed and not on
-the run seed, so every run over the same dataset holds out the same samples.
+When the server pre-trains on a proxy split (``fedsim.proxy.pretrain``), that split is held out
+of the train split first (:mod:`fedsim.data.partition.proxy`) and the partitioner sees only the
+rest, the *client pool*: no phone holds a sample the server trained on. The proxy split depends
+on its own fraction and seed and not on the run seed, so every run over the same dataset holds
+out the same samples.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from hydra.utils import instantiate
 
 from fedsim.data.splits import DatasetSplits
-from fedsim.data.partition import Partition, PartitionError, client_pool, proxy_indices
+from fedsim.data.partition.base import Partition, PartitionError
+from fedsim.data.partition.proxy import client_pool, proxy_indices
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,8 +13,9 @@ The phone's budget is its tier's RAM for training (``DeviceProfile.ram_mb``); th
   TinyTL's (Cai et al., "TinyTL: Reduce Memory, Not Parameters for Efficient On-Device
   Learning", NeurIPS 2020): bias-only and head-only training keep far fewer activations.
 
-Memory is checked before anything is sent, so this runs on the server; it sits in ``clients/``
-because it decides what a phone can do on itself, and imports nothing from the server side.
+Memory is checked before anything is sent, so this runs on the server, on mode *names*: the
+plan it returns travels to the phone in its message, which maps the name back to the mode
+(:data:`clients.finetune.MODES`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from clients.finetune import FineTuneMode
+from clients.finetune import MODES, mode_class
 from fedsim.errors import ConfigError
 
 POLICIES = ("strict", "adapt")
@@ -85,15 +86,13 @@ class MemoryBudget:
         if not min_batch_size >= 1:
             raise ConfigError(f"budget.min_batch_size: must be >= 1, got {min_batch_size}")
         self.fallback = tuple(str(m) for m in fallback)  # Hydra hands over a ListConfig
-        modes = [m.value for m in FineTuneMode]
-        unknown = [m for m in self.fallback if m not in modes]
+        unknown = [m for m in self.fallback if m not in MODES]
         if unknown or not self.fallback:
             raise ConfigError(
-                f"budget.fallback: unknown or no modes {unknown} (choose from {', '.join(modes)})"
+                f"budget.fallback: unknown or no modes {unknown} (choose from {', '.join(MODES)})"
             )
         self.policy = policy
         self.min_batch_size = int(min_batch_size)
-        self._modes = modes
 
     def plan(
         self, estimate: Callable[[str, int], int], budget_bytes: int, mode: str, batch_size: int
@@ -109,9 +108,7 @@ class MemoryBudget:
         mode, batch_size : str, int
             What the run asks for.
         """
-        if mode not in self._modes:
-            choices = ", ".join(self._modes)
-            raise ConfigError(f"finetune.mode: no mode {mode!r} (choose from {choices})")
+        mode_class(mode)  # an unknown name: a one-line ConfigError on finetune.mode
         if self.policy == "strict":
             candidates = [(mode, batch_size)]
         else:

@@ -26,6 +26,7 @@ from statistics import NormalDist
 
 from omegaconf import DictConfig, OmegaConf
 
+from clients.finetune import mode_class
 from fedsim.errors import ConfigError
 from fedsim.fleet.profile import DeviceProfile
 
@@ -105,6 +106,11 @@ class Fleet:
             if not isinstance(profile, DeviceProfile):
                 raise ConfigError(
                     f"fleet.tiers.{name}: expected a DeviceProfile, got {type(profile).__name__}"
+                )
+            if profile.finetune is not None:  # a name the phone must resolve (clients.finetune)
+                where = profile.name  # named as DeviceProfile's own checks name it
+                mode_class(
+                    profile.finetune, f"fleet.tiers.{where}.finetune (conf/device/{where}.yaml)"
                 )
         try:
             self.mix = {str(name): float(share) for name, share in mix.items()}

@@ -2,7 +2,7 @@
 
 This module owns the cost model that turns a model, an input shape and a fine-tuning mode
 (``clients.finetune``) into floating-point operations, for a device's time-to-train. It is a
-pure function of shapes: ops are read off ``clients.finetune.trace_training_forward``.
+pure function of shapes: ops are read off ``fedsim.fleet.trace.trace_training_forward``.
 
 Conventions (one multiply-add is 2 FLOPs, as in most of the on-device literature; papers that
 quote "FLOPs" for MACs, e.g. the MobileNet papers' "MAdds", are half of ours):
@@ -22,14 +22,14 @@ quote "FLOPs" for MACs, e.g. the MobileNet papers' "MAdds", are half of ours):
   conv stack costs about 2x its forward in backward (the first layer needs no input
   gradient), and head-only training has the classifier's backward only [1]_.
 - the loss is not counted (a few FLOPs per class).
-- ``qat`` (``train_cost``): full training plus, per conv / linear output element,
-  ``FAKE_QUANT_FLOPS`` for fake-quantising it and ``ELEMENTWISE_FLOPS`` for its
-  straight-through mask in backward. The weights' fake quantisation (the same per weight, per
+- a ``fake_quantized`` mode, ``qat`` (``train_cost``): full training plus, per conv / linear
+  output element, ``FAKE_QUANT_FLOPS`` for fake-quantising it and ``ELEMENTWISE_FLOPS`` for
+  its straight-through mask in backward. The weights' fake quantisation (the same per weight, per
   *step*) is left out, as ``train_cost`` has no batch size: at batch 8 on 8x8 digits it would
   add about 10 % to MobileNetV2's forward. The EMA observers' min / max reductions are not
   counted, like BatchNorm's statistics.
-- ``int8_head``: the backbone forward runs on the int8 kernels (``TrainCost.int8_flops``); the
-  pooling after it and the head train in fp32.
+- an ``int8_backbone`` mode, ``int8_head``: the backbone forward runs on the int8 kernels
+  (``TrainCost.int8_flops``); the pooling after it and the head train in fp32.
 
 References
 ----------
@@ -44,8 +44,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from clients.finetune import FineTuneMode, OpCall, TensorInfo, trace_training_forward
+from clients.finetune import FineTuneMode, Full
 from clients.quantize import QUANTIZED_OPS
+from fedsim.fleet.trace import OpCall, TensorInfo, trace_training_forward
 
 NORM_FLOPS = 4  # per element: subtract mean, times inverse std, times weight, plus bias
 AFFINE_GRAD_FLOPS = 2  # per element: grad * x_hat accumulated into the weight gradient
@@ -107,7 +108,7 @@ def op_flops(call: OpCall) -> FlopCount:
 def count_flops(
     model: nn.Module,
     input_shape: tuple[int, int, int],
-    mode: FineTuneMode | str = FineTuneMode.FULL,
+    mode: FineTuneMode = Full(),
     batch: int = 1,
 ) -> FlopCount:
     """FLOPs of one training forward and backward of ``model`` in ``mode``.
@@ -118,7 +119,7 @@ def count_flops(
         The model; not modified.
     input_shape : tuple of int
         ``(C, H, W)`` of one sample.
-    mode : FineTuneMode or str
+    mode : FineTuneMode
         Decides which backward terms exist (``full``, ``head``, ``bias``).
     batch : int
         Samples in the pass; every count is linear in it.
@@ -135,7 +136,7 @@ def count_flops(
 def train_flops(
     model: nn.Module,
     input_shape: tuple[int, int, int],
-    mode: FineTuneMode | str,
+    mode: FineTuneMode,
     samples: int,
     epochs: int,
     cache_frozen_prefix: bool = False,
@@ -153,7 +154,7 @@ def train_flops(
         The model; not modified.
     input_shape : tuple of int
         ``(C, H, W)`` of one sample.
-    mode : FineTuneMode or str
+    mode : FineTuneMode
         Fine-tuning mode.
     samples : int
         Samples on the client.
@@ -162,7 +163,8 @@ def train_flops(
     cache_frozen_prefix : bool
         Run the ops no trainable parameter feeds (the frozen prefix) once per sample rather
         than every epoch. Valid only if that prefix is deterministic (eval mode, no data
-        augmentation); ``clients.training.train_locally`` does not cache, hence the default.
+        augmentation); ``clients.training.train_locally`` does not cache, hence the default;
+        ``train_cost`` caches where the mode does (``mode.caches_features``).
 
     Returns
     -------
@@ -204,10 +206,9 @@ def fake_quant_flops(calls: list[OpCall]) -> int:
 def train_cost(
     model: nn.Module,
     input_shape: tuple[int, int, int],
-    mode: FineTuneMode | str,
+    mode: FineTuneMode,
     samples: int,
     epochs: int,
-    cache_features: bool = True,
 ) -> TrainCost:
     """Training FLOPs of a client-round in ``mode``, fp32 and int8 (module docstring conventions).
 
@@ -217,36 +218,30 @@ def train_cost(
         A ``FeaturesClassifier`` (``int8_head`` needs its ``features``); not modified.
     input_shape : tuple of int
         ``(C, H, W)`` of one sample.
-    mode : FineTuneMode or str
-        ``full`` / ``bias``: ``train_flops`` (nothing cached, as ``train_in_mode`` runs them).
-        ``qat``: ``full`` plus ``fake_quant_flops``, all fp32. ``head``: the frozen backbone's
-        forward once per sample if ``cache_features``, else every epoch; the head every epoch.
-        ``int8_head``: as ``head``, with the backbone's forward in ``int8_flops``.
+    mode : FineTuneMode
+        ``train_flops`` in ``mode``, the frozen backbone's forward run once per sample where
+        ``mode.caches_features`` (``head`` and ``int8_head`` with ``cache_features``, as
+        ``clients.training.train_in_mode`` runs them) and every epoch otherwise. A
+        ``fake_quantized`` mode (``qat``) adds ``fake_quant_flops``, all fp32; an
+        ``int8_backbone`` mode (``int8_head``) moves the backbone's forward to ``int8_flops``.
     samples : int
         Samples on the client.
     epochs : int
         Local epochs.
-    cache_features : bool
-        Whether ``head`` / ``int8_head`` compute the frozen features once
-        (``clients.training.train_in_mode``'s default).
 
     Returns
     -------
     TrainCost
         E.g. ``head`` cached: ``samples * (backbone_forward + epochs * head_total)``, all fp32.
     """
-    mode = FineTuneMode(mode)
-    if mode in (FineTuneMode.FULL, FineTuneMode.BIAS):
-        return TrainCost(train_flops(model, input_shape, mode, samples, epochs), 0)
-    if mode is FineTuneMode.QAT:
-        full = train_flops(model, input_shape, FineTuneMode.FULL, samples, epochs)
-        calls = trace_training_forward(model, input_shape, 1, mode)
-        return TrainCost(full + samples * epochs * fake_quant_flops(calls), 0)
-    head = train_flops(
-        model, input_shape, FineTuneMode.HEAD, samples, epochs, cache_frozen_prefix=cache_features
+    fp32 = train_flops(
+        model, input_shape, mode, samples, epochs, cache_frozen_prefix=mode.caches_features
     )
-    if mode is FineTuneMode.HEAD:
-        return TrainCost(head, 0)
-    backbone_passes = samples * (1 if cache_features else epochs)
-    int8 = backbone_passes * count_flops(model.features, input_shape, FineTuneMode.FULL).forward
-    return TrainCost(head - int8, int8)
+    if mode.fake_quantized:
+        calls = trace_training_forward(model, input_shape, 1, mode)
+        fp32 += samples * epochs * fake_quant_flops(calls)
+    if not mode.int8_backbone:
+        return TrainCost(fp32, 0)
+    backbone_passes = samples * (1 if mode.cache_features else epochs)
+    int8 = backbone_passes * count_flops(model.features, input_shape, Full()).forward
+    return TrainCost(fp32 - int8, int8)

@@ -1,9 +1,9 @@
-"""Memory of one on-device training step: an estimate from shapes, and a measurement.
+"""Memory of one on-device training step, estimated from shapes alone.
 
 On a phone the training step must fit in RAM next to everything else. This module owns the
-model of that memory (``MemoryEstimate``), its estimate from layer shapes alone
-(``estimate_train_memory``, a pure function) and its measurement on a real step
-(``measure_train_memory``), which keeps the estimate honest.
+model of that memory (``MemoryEstimate``) and its estimate from layer shapes alone
+(``estimate_train_memory``, a pure function of the shape trace :mod:`fedsim.fleet.trace`). The
+tests keep it honest against a measurement of a real step (``tests/memory_probe.py``).
 
 The components, in bytes:
 
@@ -41,33 +41,16 @@ References
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from clients.finetune import (
-    FineTuneMode,
-    OpCall,
-    TensorInfo,
-    apply_mode,
-    trace_training_forward,
-    trainable_names,
-)
-from clients.quantize import (
-    CHANNEL_QPARAM_BYTES,
-    QUANTIZED_OPS,
-    FakeQuantMode,
-    int8_weight_bytes,
-    quantize_backbone,
-)
-from clients.sgd import MomentumSGD
+from clients.finetune import FineTuneMode, Full
+from clients.quantize import CHANNEL_QPARAM_BYTES, QUANTIZED_OPS
+from fedsim.fleet.trace import OpCall, TensorInfo, trace_training_forward
 
 FP32_BYTES = 4
 INT64_BYTES = 8
@@ -220,7 +203,7 @@ def int8_forward_peak(
     copies alive for that op); after it, ``head_calls`` (pooling and classifier, traced in
     fp32) run as usual.
     """
-    backbone_calls = trace_training_forward(model.features, input_shape, batch, FineTuneMode.FULL)
+    backbone_calls = trace_training_forward(model.features, input_shape, batch, Full())
     image = batch * math.prod(input_shape)
     features = math.prod(backbone_calls[-1].out.shape)
     int8 = [
@@ -244,7 +227,7 @@ def estimate_train_memory(
     model: nn.Module,
     input_shape: tuple[int, int, int],
     batch: int,
-    mode: FineTuneMode | str,
+    mode: FineTuneMode,
     momentum: bool = True,
     weight_bits: int = 32,
     sparse_backprop: bool = False,
@@ -255,13 +238,15 @@ def estimate_train_memory(
     ----------
     model : nn.Module
         The model; not modified (a meta-device copy is traced, see
-        ``clients.finetune.trace_training_forward``).
+        ``fedsim.fleet.trace.trace_training_forward``).
     input_shape : tuple of int
         ``(C, H, W)`` of one sample.
     batch : int
         Samples per step.
-    mode : FineTuneMode or str
-        Which parameters train (``clients.finetune``).
+    mode : FineTuneMode
+        Which parameters train (``clients.finetune``); a ``fake_quantized`` mode adds QAT's
+        saved tensors (``fake_quantized_call``), an ``int8_backbone`` mode holds and runs the
+        backbone in int8 (``int8_backbone_weight_bytes``, ``int8_forward_peak``).
     momentum : bool
         Whether SGD keeps a momentum buffer (one fp32 per trainable parameter).
     weight_bits : int
@@ -275,25 +260,24 @@ def estimate_train_memory(
         Each component in bytes; saved activations are counted once per storage, as autograd
         keeps one tensor however many ops save it.
     """
-    mode = FineTuneMode(mode)
     calls = trace_training_forward(model, input_shape, batch, mode)
     saved: dict[Hashable, int] = {}
     for call in calls:
-        if mode is FineTuneMode.QAT:
+        if mode.fake_quantized:
             call, masks = fake_quantized_call(call)
             saved.update(masks)
         saved.update(saved_for_backward(call, sparse_backprop))
-    names = trainable_names(model, mode)
+    names = mode.trainable_names(model)
     trainable = sum(p.numel() for name, p in model.named_parameters() if name in names)
     weights = math.ceil(sum(p.numel() for p in model.parameters()) * weight_bits / 8)
     forward_peak = max(working_set(call) for call in calls)
-    if mode is FineTuneMode.INT8_HEAD:
+    if mode.int8_backbone:
         # The int8 copy replaces the float backbone on the phone; the head stays fp32.
         head = [p for name, p in model.named_parameters() if not name.startswith("features.")]
         weights = int8_backbone_weight_bytes(model.features) + sum(
             math.ceil(p.numel() * weight_bits / 8) for p in head
         )
-        backbone_calls = len(trace_training_forward(model.features, input_shape, 1, "full"))
+        backbone_calls = len(trace_training_forward(model.features, input_shape, 1, Full()))
         forward_peak = int8_forward_peak(model, input_shape, batch, calls[backbone_calls:])
     return MemoryEstimate(
         weights=weights,
@@ -302,105 +286,6 @@ def estimate_train_memory(
         # The last call makes the model's output: the logits the loss saves its inputs from.
         activations=sum(saved.values()) + loss_saved_bytes(calls[-1].out),
         forward_peak=forward_peak,
-    )
-
-
-class _WorkingSetInterpreter(torch.fx.Interpreter):
-    """Runs an FX graph node by node, recording the largest input + output bytes of one node.
-
-    Sees every op of the int8 backbone, including the functional ones (quantise, residual
-    ``quantized.add``, dequantise) that module hooks miss. Graph constants (``get_attr``:
-    scales, zero points) are model state and not counted.
-    """
-
-    peak = 0
-
-    def run_node(self, n: torch.fx.Node) -> object:
-        out = super().run_node(n)
-        if n.op in ("call_module", "call_function", "call_method"):
-            values = [self.env[a] for a in n.all_input_nodes if a.op != "get_attr"] + [out]
-            sizes = {t.data_ptr(): t.numel() * t.element_size() for t in values if isinstance(t, Tensor)}
-            self.peak = max(self.peak, sum(sizes.values()))
-        return out
-
-
-def measure_train_memory(
-    model: nn.Module,
-    input_shape: tuple[int, int, int],
-    batch: int,
-    mode: FineTuneMode | str,
-    momentum: bool = True,
-    int8_backbone: nn.Module | None = None,
-) -> MemoryEstimate:
-    """Measure the memory of one real SGD step on a copy of ``model`` (the check on the estimate).
-
-    Runs forward, cross-entropy, backward and ``SGD.step`` on random data. ``activations`` are
-    the tensors packed by ``torch.autograd.graph.saved_tensors_hooks``, counted once per
-    storage (``untyped_storage().data_ptr()``) and without the model's parameters and buffers.
-    Weights, gradients and optimizer state are read off the real tensors after the step.
-    ``forward_peak`` is the largest input + output (distinct storages) of any leaf module, from
-    forward hooks; functional ops in ``forward`` methods (residual adds, squeeze-excite
-    products, the final pooling) are not modules and so not seen, which in the MobileNets
-    never hides the maximum: a depthwise conv's input and output are at least as large.
-
-    ``qat`` runs the step under ``clients.quantize.FakeQuantMode``. ``int8_head`` swaps the
-    copy's ``features`` for the real int8 backbone (``clients.quantize.quantize_backbone``,
-    calibrated on the same random batch): its weights are ``int8_weight_bytes`` of the
-    quantised modules, and every node of its graph is seen by ``_WorkingSetInterpreter``.
-    Pass ``int8_backbone`` to reuse one already quantised (PTQ takes seconds).
-    """
-    mode = FineTuneMode(mode)
-    model = copy.deepcopy(model)
-    apply_mode(model, mode)
-    x = torch.randn(batch, *input_shape)
-    peak = 0
-    if mode is FineTuneMode.INT8_HEAD:
-        backbone = int8_backbone or quantize_backbone(model.features, x)
-        interpreter = _WorkingSetInterpreter(backbone)
-        interpreter.run(x)
-        peak = interpreter.peak
-        model.features = backbone  # the phone holds the int8 backbone, not the float one
-    state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    saved: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in state:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    def working_set_hook(module: nn.Module, inputs: tuple, output: object) -> None:
-        nonlocal peak
-        tensors = [t for t in (*inputs, output) if isinstance(t, Tensor)]
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-        peak = max(peak, sum(n for ptr, n in storages.items() if ptr not in state))
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    hooks = [m.register_forward_hook(working_set_hook) for m in leaves]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = MomentumSGD(params, lr=0.01, momentum=0.9 if momentum else 0.0)
-    fake_quant = FakeQuantMode(model) if mode is FineTuneMode.QAT else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fake_quant:
-        logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    for hook in hooks:
-        hook.remove()
-
-    def nbytes(tensors: object) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
-
-    weights = nbytes(model.parameters())
-    if mode is FineTuneMode.INT8_HEAD:
-        head = (p for name, p in model.named_parameters() if not name.startswith("features."))
-        weights = int8_weight_bytes(model.features) + nbytes(head)
-    return MemoryEstimate(
-        weights=weights,
-        gradients=nbytes(p.grad for p in model.parameters()),
-        optimizer_state=nbytes(optimizer.state_tensors()),
-        activations=sum(saved.values()),
-        forward_peak=peak,
     )
 
 
@@ -414,6 +299,6 @@ def estimate_inference_memory(
     needs to run the teacher over its shard before distilling (``distill.where=client``); the
     teacher is freed before the student trains, so the two peaks do not add up.
     """
-    calls = trace_training_forward(model, input_shape, batch, FineTuneMode.FULL)
+    calls = trace_training_forward(model, input_shape, batch, Full())
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return state + max(working_set(call) for call in calls)

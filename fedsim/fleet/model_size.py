@@ -11,12 +11,17 @@ student table of ``bench/students.py``, each re-derivable by hand:
   fp32 scale and int32 zero point per output channel, BatchNorm folded into a bias);
 - ``flops_per_inference``: one forward pass of one sample, multiply-add counted as 2 FLOPs
   (:func:`fedsim.fleet.flops.count_flops`).
+
+:func:`model_bytes` is the global model as every phone downloads it, for the simulated clock.
 """
 
 from __future__ import annotations
 
+from flwr.app import ArrayRecord
 from torch import nn
 
+from clients.finetune import Full
+from fedsim.compression.wire import record_nbytes
 from fedsim.fleet.flops import count_flops
 from fedsim.fleet.memory import int8_backbone_weight_bytes
 from fedsim.models.state import exchangeable_state
@@ -28,5 +33,10 @@ def model_size(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str,
         "parameters": sum(p.numel() for p in model.parameters()),
         "bytes_fp32": sum(t.numel() * t.element_size() for t in exchangeable_state(model).values()),
         "bytes_int8": int8_backbone_weight_bytes(model),
-        "flops_per_inference": count_flops(model, input_shape, "full", batch=1).forward,
+        "flops_per_inference": count_flops(model, input_shape, Full(), batch=1).forward,
     }
+
+
+def model_bytes(arrays: ArrayRecord) -> int:
+    """Bytes of the model as every phone downloads it (the global model's ArrayRecord)."""
+    return record_nbytes(arrays)

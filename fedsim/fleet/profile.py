@@ -40,14 +40,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _finetune_modes() -> list[str]:
-    # Imported here, as fedsim.config does: the device side owns the list of modes, and this
-    # keeps `import fedsim.fleet.profile` free of torch.
-    from clients.finetune import FineTuneMode
-
-    return [m.value for m in FineTuneMode]
-
-
 @dataclass(frozen=True)
 class DeviceProfile:
     """One hardware tier.
@@ -73,7 +65,8 @@ class DeviceProfile:
     availability : tuple of float
         24 hourly probabilities of being online, idle and charging (local time).
     finetune : str or None
-        This tier's fine-tuning mode, overriding the run's; ``None``: the run's.
+        The name of this tier's fine-tuning mode, overriding the run's; ``None``: the run's.
+        :class:`~fedsim.fleet.fleet.Fleet` checks that it names one.
     """
 
     name: str
@@ -112,12 +105,8 @@ class DeviceProfile:
         )
         bad = [p for p in hours if not 0 <= p <= 1]
         _check(not bad, "availability", where, f"probabilities must be in [0, 1], got {bad[:1]}")
-        if self.finetune is not None:
-            modes = _finetune_modes()
-            _check(
-                self.finetune in modes, "finetune", where,
-                f"no mode {self.finetune!r} (choose from {', '.join(modes)})",
-            )
+        # ``finetune`` names a mode of the phone side (clients.finetune); the fleet checks it,
+        # so that importing a profile stays free of torch.
 
 
 def _check(ok: bool, key: str, where: str, message: str) -> None:

@@ -33,7 +33,7 @@ bias; a norm factory adds a norm after every conv and drops the biases.
 
 The classifier, and how it differs from [1]_. fedsim's ``FeaturesClassifier``
 pools the features *before* the classifier (head-only fine-tuning caches the
-pooled features, ``clients.training.pooled_features``), while [1]_ runs conv10
+pooled features, ``clients.finetune.pooled_features``), while [1]_ runs conv10
 and its ReLU on the 13x13 map and pools the class scores. Here the classifier
 is Dropout -> Linear -> ReLU on the pooled features:
 

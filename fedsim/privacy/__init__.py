@@ -13,6 +13,12 @@ Models", ICLR 2018).
 - :mod:`fedsim.privacy.membership`: a client-level loss-based membership-inference attack
   (Shokri et al. 2017; Yeom et al. 2018) and its ROC against the hypothesis-testing bound that
   (epsilon, delta)-DP implies (Kairouz et al. 2015).
+- :mod:`fedsim.privacy.options` (none, central DP) and :mod:`fedsim.privacy.local_options`
+  (local DP): the ``privacy`` config group. Each returns a :mod:`fedsim.privacy.plan`: the noise
+  to apply, described, and its ledger (:mod:`fedsim.privacy.local_accounting` for local DP). The
+  wrappers that apply the noise are the strategy stack's (:mod:`fedsim.strategy`); nothing here
+  imports them. :mod:`fedsim.privacy.aggregators` says which aggregators each mechanism (and
+  :mod:`fedsim.privacy.secagg`) can sit on.
 
 :class:`PrivacyConfigError` lives here, not in ``accounting``, so that ``clipping`` can raise it
 without importing ``dp_accounting``.

@@ -1,10 +1,11 @@
 """The ``privacy`` config group's central options: none, and DP-FedAvg with fixed or adaptive
 clipping.
 
-Each option is a frozen dataclass Hydra builds from ``_target_``; :meth:`attach` receives the
-run's facts at instantiate time and returns a :class:`~fedsim.privacy.plan.PrivacyPlan`: the
-strategy to use (the user's, possibly wrapped), the accountant that turns rounds into epsilon,
-and what to do at a target epsilon. Local DP lives in :mod:`fedsim.privacy.local_dp`.
+Each option is a frozen dataclass Hydra builds from ``_target_``; its ``plan`` receives the
+run's facts and returns a :class:`~fedsim.privacy.plan.PrivacyPlan`: the noise to apply (a plain
+description; the strategy stack, :func:`fedsim.strategy.stack.build_stack`, builds the wrapper),
+the accountant that turns rounds into epsilon, and what to do at a target epsilon. The local-DP
+option is :mod:`fedsim.privacy.local_options`.
 
 ``noise_cohort_size`` (as in Apple's pfl-research) lets a laptop-sized simulation apply the noise
 a production cohort would need: with ``m`` simulated clients and a production cohort ``M``, the
@@ -19,12 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flwr.serverapp.strategy import Strategy
-
 from fedsim.privacy import PrivacyConfigError
-from fedsim.strategy.central_dp import AdaptiveClipping, CentralDP
 from fedsim.privacy.clipping import adaptive_update_noise_multiplier
-from fedsim.privacy.plan import PrivacyPlan
+from fedsim.privacy.plan import AdaptiveClipping, CentralNoise, PrivacyPlan
 
 if TYPE_CHECKING:
     from fedsim.privacy.accounting import PrivacyAccountant
@@ -34,8 +32,8 @@ if TYPE_CHECKING:
 class NoPrivacy:
     """No mechanism: updates are aggregated as the strategy says; epsilon is reported as null."""
 
-    def attach(self, strategy: Strategy, **_: Any) -> PrivacyPlan:
-        return PrivacyPlan(strategy=strategy, report={"privacy": "none"})
+    def plan(self, **_: Any) -> PrivacyPlan:
+        return PrivacyPlan(report={"privacy": "none"})
 
 
 @dataclass(frozen=True)
@@ -137,24 +135,23 @@ class _CentralOptions:
         }
         return ledger, where, report
 
-    def attach(
-        self, strategy: Strategy, *, population: int, cohort: int, sampling: str, seed: int,
-        rounds: int, **_: Any,
+    def plan(
+        self, *, population: int, cohort: int, sampling: str, seed: int, rounds: int, **_: Any
     ) -> PrivacyPlan:
         ledger, where, report = self._ledger(
             population=population, cohort=cohort, sampling=sampling, rounds=rounds
         )
-        wrapped, settings = self._wrap(strategy, report["noise_multiplier"], where, cohort, seed)
+        noise, settings = self._noise(report["noise_multiplier"], where, cohort, seed)
         stop_at = self.target_epsilon if self.on_target == "stop" else None
         return PrivacyPlan(
-            strategy=wrapped, accountant=ledger, target_epsilon=stop_at,
-            report={**report, **settings}, mechanism=wrapped,
+            noise=noise, accountant=ledger, target_epsilon=stop_at,
+            report={**report, **settings},
         )
 
-    def _wrap(
-        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
-    ) -> tuple[CentralDP, dict[str, Any]]:
-        """The DP wrapper around ``strategy`` and its settings for the report."""
+    def _noise(
+        self, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralNoise, dict[str, Any]]:
+        """The noise the server applies and its settings for the report."""
         raise NotImplementedError
 
 
@@ -188,13 +185,13 @@ class CentralDPFixedClipping(_CentralOptions):
             raise PrivacyConfigError(f"privacy.clipping_norm: must be > 0, got {self.clipping_norm}")
         self._check()
 
-    def _wrap(
-        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
-    ) -> tuple[CentralDP, dict[str, Any]]:
-        wrapped = CentralDP(
-            strategy, self.clipping_norm, z * where.noise_scale, expected_cohort=cohort, seed=seed
+    def _noise(
+        self, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralNoise, dict[str, Any]]:
+        noise = CentralNoise(
+            self.clipping_norm, z * where.noise_scale, expected_cohort=cohort, seed=seed
         )
-        return wrapped, {"clipping_norm": self.clipping_norm}
+        return noise, {"clipping_norm": self.clipping_norm}
 
 
 @dataclass(frozen=True)
@@ -247,19 +244,19 @@ class CentralDPAdaptiveClipping(_CentralOptions):
             )
         self._check()
 
-    def _wrap(
-        self, strategy: Strategy, z: float, where: Deployment, cohort: int, seed: int
-    ) -> tuple[CentralDP, dict[str, Any]]:
+    def _noise(
+        self, z: float, where: Deployment, cohort: int, seed: int
+    ) -> tuple[CentralNoise, dict[str, Any]]:
         sigma_b = self.clipped_count_stddev or max(where.cohort / 20, z)
         z_update = adaptive_update_noise_multiplier(z, sigma_b)
-        wrapped = CentralDP(
-            strategy, self.initial_clipping_norm, z_update * where.noise_scale,
+        noise = CentralNoise(
+            self.initial_clipping_norm, z_update * where.noise_scale,
             expected_cohort=cohort, seed=seed,
             adaptive=AdaptiveClipping(
                 self.target_quantile, self.clip_learning_rate, sigma_b * where.noise_scale
             ),
         )
-        return wrapped, {
+        return noise, {
             "privacy": "central_dp_adaptive",
             "clipping_norm": self.initial_clipping_norm,
             "target_quantile": self.target_quantile,

@@ -1,19 +1,24 @@
-"""What the round loop knows about privacy: the strategy to use, the ledger, the budget.
+"""What a ``privacy`` option decided for a run: the noise to apply, the ledger, the budget.
 
-Every ``privacy`` option's ``attach`` returns a :class:`PrivacyPlan`; the round loop and the
-summary only ever talk to the plan, never to a mechanism's internals.
+Every option's ``plan`` returns a :class:`PrivacyPlan`. The plan does not wrap anything: it
+describes the noise (:class:`CentralNoise` or :class:`LocalNoise`), and the strategy stack
+(:func:`fedsim.strategy.stack.build_stack`) builds the wrapper that applies it. The round loop
+and the summary only ever talk to the plan, never to a mechanism's internals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.privacy.aggregators import refuse_for_central_dp, refuse_for_local_dp
+
 
 class Accountant(Protocol):
-    """Counts rounds and turns them into epsilon (see ``accounting`` and ``local_dp``)."""
+    """Counts rounds and turns them into epsilon (see ``accounting`` and ``local_accounting``)."""
 
     @property
     def rounds(self) -> int: ...
@@ -34,11 +39,67 @@ class Mechanism(Protocol):
     norms_used: dict[int, float]  # round -> the clipping norm applied
 
 
-@dataclass
-class PrivacyPlan:
-    """What the round loop needs to know about privacy in this run."""
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021.
 
-    strategy: Strategy
+    Parameters
+    ----------
+    target_quantile : float
+        ``gamma``: the fraction of updates the norm should leave unclipped.
+    learning_rate : float
+        ``eta_C`` of the geometric update ``C <- C * exp(-eta_C * (b_bar - gamma))``.
+    count_stddev : float
+        ``sigma_b``: noise std on the count of unclipped updates *in the simulated cohort*
+        (already scaled by ``m / noise_cohort_size`` when that knob is set).
+    """
+
+    target_quantile: float
+    learning_rate: float
+    count_stddev: float
+
+
+@dataclass(frozen=True)
+class CentralNoise:
+    """The server clips, sums and noises the updates (:class:`fedsim.strategy.central_dp.CentralDP`).
+
+    The fields are the wrapper's constructor arguments, by name.
+    """
+
+    clipping_norm: float
+    noise_multiplier: float  # on the simulated cohort's sum, divided by the clipping norm
+    expected_cohort: float
+    seed: int
+    adaptive: AdaptiveClipping | None = None
+
+    def check(self, strategy: Strategy) -> None:
+        refuse_for_central_dp(strategy)
+
+
+@dataclass(frozen=True)
+class LocalNoise:
+    """Every phone clips and noises its own update (:class:`fedsim.strategy.local_dp.LocalDPInstructions`).
+
+    The fields are the wrapper's constructor arguments, by name.
+    """
+
+    clipping_norm: float
+    noise_multiplier: float
+
+    def check(self, strategy: Strategy) -> None:
+        refuse_for_local_dp(strategy)
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """What the round loop needs to know about privacy in this run.
+
+    ``mechanism`` is the wrapper the strategy stack built from ``noise``; a plan is given it
+    (and, on resume, its accountant's finished rounds) by :meth:`running`, which returns a new
+    plan.
+    """
+
+    noise: CentralNoise | LocalNoise | None = None  # None: the stack has no privacy wrapper
     accountant: Accountant | None = None
     target_epsilon: float | None = None  # stop before a round would exceed it
     report: dict[str, Any] = field(default_factory=dict)  # goes into summary.json
@@ -48,6 +109,23 @@ class PrivacyPlan:
     # epsilon by round count: the loop asks about round r+1 at the end of round r and again
     # before it starts, and each answer is a full PLD composition.
     _epsilons: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def check(self, strategy: Strategy) -> None:
+        """Refuse a user strategy the noise cannot sit on (one line)."""
+        if self.noise is not None:
+            self.noise.check(strategy)
+
+    def running(self, mechanism: Mechanism | None, rounds: int = 0) -> PrivacyPlan:
+        """This plan with the stack's privacy wrapper, its accountant after ``rounds`` rounds.
+
+        ``rounds`` is what a resumed run's checkpoint finished; the prepared accountant is left
+        as it was.
+        """
+        accountant = self.accountant
+        if accountant is not None and rounds:
+            accountant = copy.deepcopy(accountant)
+            accountant.step(rounds)
+        return replace(self, mechanism=mechanism, accountant=accountant, _epsilons={})
 
     def final_report(self) -> dict[str, Any]:
         """``report`` plus what the run measured (clipped fraction, final clipping norm)."""

@@ -35,7 +35,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.privacy import PrivacyConfigError
-from fedsim.strategy.central_dp import NOT_MEAN_AGGREGATORS
+from fedsim.privacy.aggregators import refuse_for_secure_aggregation
 
 LABEL = "SecAgg+ cost model (protocol not run)"
 ROUND_TRIPS = 4  # setup, share keys, collect masked vectors, unmask
@@ -115,12 +115,7 @@ class SecAggPlusCostModel:
 
     def check(self, strategy: Strategy) -> None:
         """SecAgg+ reveals only the sum: aggregators that need each update cannot run on it."""
-        inner = getattr(strategy, "strategy", strategy)  # under a DP wrapper
-        if isinstance(inner, NOT_MEAN_AGGREGATORS):
-            raise PrivacyConfigError(
-                f"secagg: {type(inner).__name__} needs every client's update, but secure "
-                "aggregation reveals only their sum; use a mean-type strategy"
-            )
+        refuse_for_secure_aggregation(getattr(strategy, "strategy", strategy))  # under a wrapper
 
     def round_cost(self, *, sampled: int, failed: int, num_params: int) -> dict[str, Any]:
         """What one round would add: round trips, bytes per client and abort probability."""

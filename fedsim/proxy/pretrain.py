@@ -4,7 +4,7 @@ In deployed on-device learning the server first trains (or distills) the student
 own, ships it, and phones then fine-tune it on their private data; head-only, bias-only
 (TinyTL, Cai et al., NeurIPS 2020) and int8-head fine-tuning only make sense from a backbone
 that already knows something. fedsim's server data is a stratified *proxy split* of the train
-split, held out of every client's shard (:func:`fedsim.data.partition.proxy_indices`, served
+split, held out of every client's shard (:func:`fedsim.data.partition.proxy.proxy_indices`, served
 by :meth:`fedsim.data.shards.ShardSource.proxy`).
 
 :class:`Pretraining` is the ``pretrain`` config node. :func:`pretrain_student` is plain

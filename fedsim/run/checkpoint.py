@@ -1,8 +1,9 @@
 """``checkpoint.pkl``: everything a run needs to continue after its last finished round.
 
-A checkpoint holds the global model, the whole server-side strategy stack (the user's strategy
-with its state, e.g. FedAdam's moments, inside fedsim's wrappers, e.g. the adaptive clipping
-norm), the privacy accountant's state and the round records so far. Nothing else is needed to
+A checkpoint holds the global model, the stateful part of the server's strategy stack (the
+user's strategy with its state, e.g. FedAdam's moments, inside the privacy wrapper with its
+own, e.g. the adaptive clipping norm: :attr:`fedsim.strategy.stack.StrategyStack.checkpointed`),
+the privacy accountant's state and the round records so far. Nothing else is needed to
 continue bit-identically: cohorts, local shuffles and DP noise are pure functions of
 ``(seed, round, client)``.
 
@@ -38,7 +39,7 @@ class Checkpoint:
 
     round: int
     arrays: ArrayRecord
-    strategy: Strategy
+    strategy: Strategy  # the privacy wrapper (if any) around the user strategy, state and all
     accountant: dict[str, Any] | None  # PrivacyAccountant.state(), or None without DP
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines so far
     format: int = FORMAT

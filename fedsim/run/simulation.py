@@ -2,7 +2,8 @@
 
 The flow is one-way: config -> checked parts (:mod:`fedsim.run.preparation`, before Ray starts) ->
 Flower/Ray (:mod:`fedsim.run.engine`) -> round records and checkpoints (:mod:`fedsim.run.state`)
--> summary, membership audit, model and plot. A resumed run starts from its checkpoint.
+-> summary, membership audit, model and plot (:mod:`fedsim.run.reports`). A resumed run starts
+from its checkpoint.
 """
 
 from __future__ import annotations
@@ -22,36 +23,28 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
-from fedsim.run import checkpoint, engine
 from fedsim.compression.error_feedback import ResidualFiles
-from fedsim.config import Simulation
-from fedsim.models.state import exchangeable_state, load_exchangeable_state
-from fedsim.fleet.model_size import model_size
-from fedsim.run.preparation import (
-    Prepared,
-    PreparedTeacher,
-    prepare,
-    prepared_teacher,
-    starting_point,
-)
-from fedsim.report.plots import plot_accuracy
+from fedsim.fleet.device_simulation import DeviceSimulation
+from fedsim.fleet.model_size import model_bytes
+from fedsim.models.state import exchangeable_state
 from fedsim.report.progress import RoundProgress
 from fedsim.report.run_log import RoundRecord
-from fedsim.report.summary import device_report, summarize, write_summary
+from fedsim.report.summary import device_report
+from fedsim.run import checkpoint, engine
+from fedsim.run.preparation import Prepared, prepare
+from fedsim.run.reports import distill_report, finish, update_report
+from fedsim.run.starting_point import PreparedTeacher, prepared_teacher, starting_point
 from fedsim.run.state import RunState
-from fedsim.fleet.device_simulation import DeviceSimulation, model_bytes
-from fedsim.strategy.ensemble_distillation import EnsembleDistillation
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.server_app import make_server_app
-from fedsim.strategy.decode_updates import DecodeUpdates
-from fedsim.strategy.virtual_clients import VirtualClients
+from fedsim.strategy.stack import StrategyStack, build_stack
+from fedsim.strategy.virtual_clients import Instructions
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -72,14 +65,22 @@ def run(
     model, pretrain_report = starting_point(prepared, teacher)
     arrays = ArrayRecord(exchangeable_state(model))
     devices = device_simulation(prepared, model, arrays, teacher)
-    restored: list[RoundRecord] = []
+    saved = None  # a resumed run's checkpoint: its model, stack, accountant and rounds
     if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
-        arrays, restored = restore(prepared, checkpoint.load(out_dir))
+        saved = checkpoint.load(out_dir)
+    restored = [RoundRecord(**r) for r in saved.records] if saved else []
+    if saved is not None:
+        arrays = saved.arrays
         devices.sim_time_s = restored[-1].sim_time_s if restored else 0.0
+    faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
+    # The device simulation decides first (a phone it drops gets no fault either).
+    instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
+    stack = strategy_stack(prepared, model, instructions, teacher, saved)
+    privacy = prepared.privacy.running(stack.mechanism, rounds=accounted_rounds(saved))
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
     residuals = residual_files(out_dir, prepared.update, fresh=not restored)
     state = RunState(
-        out_dir, prepared.strategy, prepared.privacy, arrays, settings.checkpoint_every, restored,
+        out_dir, stack.checkpointed, privacy, arrays, settings.checkpoint_every, restored,
         on_checkpoint=residuals.prune if residuals else None,
     )
     display = RoundProgress(settings.rounds, progress)
@@ -99,13 +100,9 @@ def run(
         first_round=len(restored) + 1, client_timeout_s=settings.client_timeout_s,
         min_completed=settings.min_completed,
     )
-    faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
-    # The device simulation decides first (a phone it drops gets no fault either).
-    instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
-    clients = VirtualClients(decoding(prepared, model, teacher), prepared.sampler, instructions)
     stop = threading.Event()
     server_app = make_server_app(
-        clients, arrays, plan, evaluator, on_round, prepared.privacy, outcome, devices, stop
+        stack.top, arrays, plan, evaluator, on_round, privacy, outcome, devices, stop
     )
 
     def warm_up() -> None:
@@ -126,11 +123,11 @@ def run(
         state.write_checkpoint()  # the last finished round, whatever ended the run
         extra = {
             "stopped": outcome["stopped"],
-            **prepared.privacy.final_report(),
+            **privacy.final_report(),
             **prepared.secagg.report([r.secagg for r in state.records if r.secagg]),
             **update_report(prepared, len(state.records)),
             **device_report(state.records, settings.target_accuracy),
-            "finetune": prepared.finetune.mode,
+            "finetune": prepared.finetune.name,
             "pretrain": pretrain_report,
             "distill": distill_report(prepared, teacher, model, state.records),
         }
@@ -151,7 +148,7 @@ def device_simulation(
     """The simulated fleet's admissions and clock for this run (:mod:`fedsim.fleet.device_simulation`)."""
     settings = prepared.settings
     partition = prepared.shards.load()[1]
-    on_device = teacher if prepared.distill.where == "client" else None
+    on_device = prepared.distill.where.on_device(teacher)
     return DeviceSimulation(
         fleet=prepared.fleet, availability=prepared.availability, budget=prepared.budget,
         finetune=prepared.finetune, model=model, input_shape=prepared.splits.input_shape,
@@ -171,6 +168,7 @@ def client_environment(
 ) -> ClientEnvironment:
     """What every phone needs, as picklable recipes."""
     settings, local = prepared.settings, prepared.settings.local
+    phone_teacher = prepared.distill.where.on_device(teacher)  # None unless the phones distill
     return ClientEnvironment(
         shards=prepared.shards,
         build_model=prepared.builder,
@@ -184,22 +182,34 @@ def client_environment(
         update=prepared.update,
         threat=prepared.threat,
         residuals=residuals,
-        teacher=teacher.on_device if teacher and prepared.distill.where == "client" else None,
+        teacher=phone_teacher.on_device if phone_teacher else None,
         kd=prepared.distill.loss,
     )
 
 
-def restore(
-    prepared: Prepared, saved: checkpoint.Checkpoint
-) -> tuple[ArrayRecord, list[RoundRecord]]:
-    """Put a checkpoint's strategy stack and accountant in place; return its model and rounds."""
-    prepared.strategy = saved.strategy
-    prepared.privacy.strategy = saved.strategy
-    if prepared.privacy.mechanism is not None:
-        prepared.privacy.mechanism = saved.strategy  # the outermost wrapper is the mechanism
-    if prepared.privacy.accountant is not None:
-        prepared.privacy.accountant.step(int(saved.accountant["rounds"]))
-    return saved.arrays, [RoundRecord(**r) for r in saved.records]
+def strategy_stack(
+    prepared: Prepared, model: torch.nn.Module, instructions: list[Instructions],
+    teacher: PreparedTeacher | None = None, saved: checkpoint.Checkpoint | None = None,
+) -> StrategyStack:
+    """fedsim's wrappers around the user's strategy (:func:`fedsim.strategy.stack.build_stack`).
+
+    A resumed run continues with the checkpoint's privacy layer and user strategy, state and all.
+    """
+    return build_stack(
+        prepared.strategy, noise=prepared.privacy.noise, distill=prepared.distill,
+        update=prepared.update,
+        parameter_names=frozenset(name for name, _ in model.named_parameters()),
+        sampler=prepared.sampler, instructions=instructions, builder=prepared.builder,
+        shards=prepared.shards, teacher_logits=teacher.proxy_logits if teacher else None,
+        seed=prepared.settings.seed, restored=saved.strategy if saved else None,
+    )
+
+
+def accounted_rounds(saved: checkpoint.Checkpoint | None) -> int:
+    """Rounds the checkpoint's privacy accountant had counted (0 for a fresh run or no DP)."""
+    if saved is None or saved.accountant is None:
+        return 0
+    return int(saved.accountant["rounds"])
 
 
 @contextmanager
@@ -223,47 +233,6 @@ def stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def decoding(
-    prepared: Prepared, model: torch.nn.Module, teacher: PreparedTeacher | None = None
-) -> Strategy:
-    """The strategy stack under VirtualClients: update decoding around the (DP-wrapped) strategy,
-    with FedDF's ensemble distillation between them for ``distill.where=server_ensemble``."""
-    parameters = frozenset(name for name, _ in model.named_parameters())
-    strategy = prepared.strategy
-    if prepared.distill.where == "server_ensemble":
-        strategy = EnsembleDistillation(
-            strategy, prepared.distill, prepared.builder, prepared.shards,
-            teacher.proxy_logits if teacher else None, prepared.settings.seed,
-        )
-    return DecodeUpdates(strategy, prepared.update, parameters)
-
-
-def distill_report(
-    prepared: Prepared, teacher: PreparedTeacher | None, student: torch.nn.Module,
-    records: list[RoundRecord],
-) -> dict[str, Any]:
-    """summary.json's ``distill``: where, the loss, and teacher vs student accuracy and size."""
-    distill = prepared.distill
-    if not distill.enabled:
-        return {"where": "none"}
-    accuracies = [r.accuracy for r in records if r.accuracy is not None]
-    report: dict[str, Any] = {
-        "where": distill.where, "temperature": distill.temperature, "alpha": distill.alpha,
-        "proxy_fraction": prepared.shards.proxy_fraction,
-        "proxy_samples": len(prepared.shards.proxy_indices()),
-    }
-    if distill.where == "server_ensemble":
-        report["ensemble"] = distill.ensemble
-    if teacher is not None:
-        report["teacher"] = teacher.report
-    report["student"] = {
-        "model": prepared.builder.model_name,
-        "final_accuracy": accuracies[-1] if accuracies else None,
-        **model_size(student, prepared.splits.input_shape),
-    }
-    return report
-
-
 def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFiles | None:
     """The error-feedback directory under the run dir, if the run uses error feedback.
 
@@ -275,70 +244,3 @@ def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFi
     if fresh:
         shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
     return ResidualFiles(str(directory))
-
-
-def update_report(prepared: Prepared, rounds_run: int) -> dict[str, Any]:
-    """summary.json fields of the update rule and the attack."""
-    report = {
-        "update_kind": prepared.update.kind,
-        "compression": type(prepared.update.compression).__name__,
-    }
-    if prepared.threat is not None:
-        cohorts = [prepared.sampler.cohort(r) for r in range(1, rounds_run + 1)]
-        report.update(prepared.threat.report(cohorts))
-    return report
-
-
-def summarize_run(
-    records: list[RoundRecord], settings: Simulation, cfg: DictConfig, wall_s: float,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    summary = summarize(
-        records, seed=settings.seed, population=settings.population,
-        clients_per_round=settings.clients_per_round, wall_s=wall_s,
-        extra={
-            "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
-            "model": cfg.model._target_.rsplit(".", 1)[-1],
-            "strategy": cfg.strategy._target_.rsplit(".", 1)[-1],
-            "sampling": settings.sampling,
-            "bytes_up": sum(r.bytes_up for r in records),
-            "bytes_down": sum(r.bytes_down for r in records),
-            **extra,
-        },
-    )
-    if summary.get("privacy", "none") != "none":
-        summary["epsilon"] = records[-1].epsilon if records else 0.0
-    return summary
-
-
-def audit_final_model(
-    prepared: Prepared, records: list[RoundRecord], arrays: ArrayRecord,
-    summary: dict[str, Any], out_dir: Path,
-) -> dict[str, Any]:
-    """Run the ``audit`` option on the final model against every client that trained."""
-    model = prepared.builder()
-    load_exchangeable_state(model, arrays.to_torch_state_dict())
-    members = {client for record in records for client in record.clients}
-    return prepared.audit.run(
-        model=model, shards=prepared.shards, members=members,
-        population=prepared.settings.population, epsilon=summary.get("epsilon"),
-        delta=summary.get("delta"), out_dir=out_dir,
-        title=f"client-level membership inference, {summary.get('privacy')} "
-        f"(seed {prepared.settings.seed})",
-    )
-
-
-def finish(
-    out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, prepared: Prepared,
-    cfg: DictConfig, started: float, extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Write summary.json, model.pt and accuracy.png for whatever rounds finished."""
-    settings = prepared.settings
-    summary = summarize_run(records, settings, cfg, time.perf_counter() - started, extra)
-    torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
-    write_summary(out_dir / "summary.json", summary)  # before the audit: it must never cost this
-    summary.update(audit_final_model(prepared, records, arrays, summary, out_dir))
-    write_summary(out_dir / "summary.json", summary)
-    title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"
-    plot_accuracy(records, out_dir / "accuracy.png", title)
-    return summary

@@ -29,7 +29,8 @@ class RunState:
     out_dir : Path
         The run directory.
     strategy : Strategy
-        The server-side strategy stack whose state a checkpoint captures.
+        The stack's stateful part, which a checkpoint captures
+        (:attr:`fedsim.strategy.stack.StrategyStack.checkpointed`).
     privacy : PrivacyPlan
         Its accountant's state goes into every checkpoint.
     arrays : ArrayRecord

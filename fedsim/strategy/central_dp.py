@@ -22,48 +22,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, QFedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.privacy import PrivacyConfigError
+from fedsim.privacy.aggregators import refuse_for_central_dp
 from fedsim.privacy.clipping import (
     adaptive_clip_update,
     noisy_mean_of_clipped,
     noisy_unclipped_fraction,
 )
+from fedsim.privacy.plan import AdaptiveClipping
 from fedsim.strategy.wrapper import StrategyWrapper
-
-# Aggregates that are not a (weighted) mean of the replies; MultiKrum subclasses Krum.
-NOT_MEAN_AGGREGATORS = (FedMedian, FedTrimmedAvg, Krum, Bulyan, QFedAvg)
 
 # Distinguish the DP noise streams from every other consumer of the run seed.
 _NOISE_STREAM = 0xD9
 _COUNT_STREAM = 0xD9C
-
-
-@dataclass(frozen=True)
-class AdaptiveClipping:
-    """Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021.
-
-    Parameters
-    ----------
-    target_quantile : float
-        ``gamma``: the fraction of updates the norm should leave unclipped.
-    learning_rate : float
-        ``eta_C`` of the geometric update ``C <- C * exp(-eta_C * (b_bar - gamma))``.
-    count_stddev : float
-        ``sigma_b``: noise std on the count of unclipped updates *in the simulated cohort*
-        (already scaled by ``m / noise_cohort_size`` when that knob is set).
-    """
-
-    target_quantile: float
-    learning_rate: float
-    count_stddev: float
 
 
 class CentralDP(StrategyWrapper):
@@ -91,11 +68,7 @@ class CentralDP(StrategyWrapper):
         self, strategy: Strategy, clipping_norm: float, noise_multiplier: float,
         expected_cohort: float, seed: int, adaptive: AdaptiveClipping | None = None,
     ) -> None:
-        if isinstance(strategy, NOT_MEAN_AGGREGATORS):
-            raise PrivacyConfigError(
-                f"privacy: central DP needs a mean-type strategy; {type(strategy).__name__} "
-                "does not aggregate by a weighted mean, so the sensitivity bound would not hold"
-            )
+        refuse_for_central_dp(strategy)
         self.strategy = strategy
         self.clipping_norm = clipping_norm
         self.noise_multiplier = noise_multiplier

@@ -12,7 +12,7 @@ two (``both``). The loss is Hinton et al.'s (:mod:`clients.distillation`); with
 :class:`EnsembleDistillation` wraps the (possibly DP-wrapped) strategy inside
 :class:`fedsim.strategy.decode_updates.DecodeUpdates`, so it sees every completed reply as weights. It
 needs the individual client models, so ``clients`` and ``both`` are refused with central DP or
-secure aggregation (:func:`fedsim.run.preparation.check_distillation`); ``teacher`` only
+secure aggregation (:func:`fedsim.run.checks.check_distillation`); ``teacher`` only
 post-processes the aggregate, which neither protects. The refinement's shuffles and dropout are
 seeded by (run seed, round), so a resumed run refines exactly as the uninterrupted one did.
 """

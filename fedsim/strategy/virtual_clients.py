@@ -20,6 +20,7 @@ Like Flower's DP wrappers, this composes around any strategy instead of subclass
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -27,7 +28,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.server.sampler import CohortSampler
 from fedsim.strategy.wrapper import innermost
 
 
@@ -85,6 +85,13 @@ def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> 
     return Message(content, dst_node_id=node_id, message_type=template.metadata.message_type)
 
 
+class Cohorts(Protocol):
+    """Chooses each round's virtual clients: the run's :class:`~fedsim.server.sampler.CohortSampler`
+    (the server side owns it; the stack only asks it)."""
+
+    def cohort(self, server_round: int) -> np.ndarray: ...
+
+
 # (round, client id, cohort, the strategy's train config) -> extra config entries, or None.
 Instructions = Callable[[int, int, np.ndarray, ConfigRecord], "dict | None"]
 
@@ -96,7 +103,7 @@ class VirtualClients(Strategy):
     ----------
     strategy : Strategy
         Any Flower Message-API strategy (stock or the user's own).
-    sampler : CohortSampler
+    sampler : Cohorts
         Chooses each round's virtual clients.
     instructions : sequence of callables, optional
         Each ``(round, client id, cohort, config) -> dict | None`` adds config entries to one
@@ -107,7 +114,7 @@ class VirtualClients(Strategy):
     """
 
     def __init__(
-        self, strategy: Strategy, sampler: CohortSampler,
+        self, strategy: Strategy, sampler: Cohorts,
         instructions: Sequence[Instructions] = (),
     ) -> None:
         self.strategy = strategy

@@ -1,4 +1,5 @@
-"""The base of fedsim's strategy wrappers (update decoding, central DP, local DP).
+"""The base of fedsim's strategy wrappers (update decoding, ensemble distillation, central DP,
+local DP); :mod:`fedsim.strategy.stack` puts them in order.
 
 Each wraps the user's Flower strategy and changes one step of it; every method it does not
 override goes to the strategy inside, kept as ``.strategy`` so that :func:`innermost` can find

@@ -1,9 +1,12 @@
-"""Which training samples each virtual client holds: IID, label skew, pathological shards.
+"""What every partitioner shares: the :class:`Partition` it returns, the ``split`` skeleton, and
+the pure counting helpers the rules are built from.
 
-A partitioner is a frozen config (Hydra builds it from ``_target_``). ``split(labels, population,
-seed)`` returns a :class:`Partition` that maps a client id to sorted ``int64`` train-set indices.
-A shard is a pure function of (labels, config, population, seed, client id) and nothing is stored
-per client, so millions of virtual phones cost no more memory than the dataset.
+A partitioner is a frozen config (Hydra builds it from ``_target_``; the rules are
+:mod:`~fedsim.data.partition.iid`, :mod:`~fedsim.data.partition.dirichlet` and
+:mod:`~fedsim.data.partition.label_shards`). ``split(labels, population, seed)`` returns a
+:class:`Partition` that maps a client id to sorted ``int64`` train-set indices. A shard is a pure
+function of (labels, config, population, seed, client id) and nothing is stored per client, so
+millions of virtual phones cost no more memory than the dataset.
 
 * **Disjoint** mode (``samples_per_client=None``): every sample belongs to exactly one client, as
   in the papers cited by each rule. Stored as sample ids grouped by owner plus ``P + 1`` offsets,
@@ -16,10 +19,6 @@ per client, so millions of virtual phones cost no more memory than the dataset.
 
 ``quantity_skew`` is the sigma of a lognormal on shard sizes, as in FedLab's unbalanced splits
 (Zeng et al. 2021, arXiv:2107.11621).
-
-The server may hold back a stratified *proxy split* first (:func:`proxy_indices`, for
-pre-training, see ``fedsim.proxy.pretrain``); the partitioners then split only the *client pool*
-(:func:`client_pool`), so no phone ever holds a sample the server trained on.
 """
 
 from __future__ import annotations
@@ -60,7 +59,8 @@ def _client(client_id: int, population: int) -> int:
     return i
 
 
-def _checked_inputs(labels: np.ndarray, population: int, seed: int) -> tuple[np.ndarray, int, int]:
+def checked_inputs(labels: np.ndarray, population: int, seed: int) -> tuple[np.ndarray, int, int]:
+    """``(labels as int64, population, seed)``, or a :class:`PartitionError` naming the bad one."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu":
         got = f"{labels.dtype}{labels.shape}"
@@ -116,56 +116,6 @@ def fill_capped(wanted: np.ndarray, capacity: np.ndarray) -> np.ndarray:
     return counts
 
 
-# Keeps the proxy split's RNG stream apart from every partitioner's (stream tags 1, 2, 3).
-_PROXY_STREAM_TAG = 100
-
-
-def proxy_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A stratified random ``fraction`` of the train ids: the server's proxy split.
-
-    ``round(fraction * N)`` ids in all, shared out over the classes in proportion to their sizes
-    by :func:`largest_remainder`, then drawn uniformly within each class from an RNG seeded by
-    ``(seed, proxy stream tag)``. Stratifying keeps the proxy's label mix that of the train split,
-    so pre-training sees every class. E.g. class sizes ``[6, 3, 1]`` and ``fraction = 0.3`` give
-    3 ids: quotas ``1.8, 0.9, 0.3`` round to ``[2, 1, 0]``.
-
-    Parameters
-    ----------
-    labels : np.ndarray
-        Non-negative integer labels of the train split, ``(N,)``.
-    fraction : float
-        Share held out, in ``[0, 1)``; ``0`` gives an empty array.
-    seed : int
-        Non-negative seed; the same ``(labels, fraction, seed)`` give the same ids.
-
-    Returns
-    -------
-    np.ndarray
-        Sorted ``int64`` train ids.
-    """
-    labels, _, seed = _checked_inputs(labels, 1, seed)
-    if not 0.0 <= fraction < 1.0:
-        raise PartitionError(f"partition: proxy fraction must be in [0, 1), got {fraction}")
-    total = round(fraction * len(labels))
-    if total == 0:
-        return np.empty(0, np.int64)
-    class_sizes = np.bincount(labels)
-    per_class = largest_remainder(total, class_sizes.astype(np.float64))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _PROXY_STREAM_TAG]))
-    picks = [
-        rng.choice(np.flatnonzero(labels == c), count, replace=False, shuffle=False)
-        for c, count in enumerate(per_class)
-        if count > 0
-    ]
-    return np.sort(np.concatenate(picks)).astype(np.int64)
-
-
-def client_pool(num_samples: int, proxy: np.ndarray) -> np.ndarray:
-    """The sorted ``int64`` train ids in ``[0, num_samples)`` that are not in ``proxy``."""
-    keep = np.ones(num_samples, dtype=bool)
-    keep[proxy] = False
-    return np.flatnonzero(keep).astype(np.int64)
-
 @dataclass(frozen=True, eq=False)
 class DisjointPartition:
     """Each sample owned by one client: client ``i`` holds ``order[offsets[i]:offsets[i + 1]]``.
@@ -208,7 +158,7 @@ class SampledPartition:
     seed: int
     pool_ids: np.ndarray
     pool_offsets: np.ndarray
-    partitioner: _PartitionerBase
+    partitioner: Partitioner
 
     def _plan(self, client_id: int) -> tuple[Generator, np.ndarray]:
         i = _client(client_id, self.population)
@@ -232,8 +182,11 @@ class SampledPartition:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _PartitionerBase:
+class Partitioner:
     """Fields and the ``split`` skeleton shared by every rule; subclasses supply the rule.
+
+    A rule overrides ``disjoint_owners`` and ``sample_counts`` (and, where its config can ask
+    more than the class pools hold, ``check_pools``), and sets its own ``stream_tag``.
 
     Parameters
     ----------
@@ -277,7 +230,7 @@ class _PartitionerBase:
         Partition
             A :class:`DisjointPartition` or a :class:`SampledPartition`.
         """
-        labels, population, seed = _checked_inputs(labels, population, seed)
+        labels, population, seed = checked_inputs(labels, population, seed)
         n_total = len(labels)
         if self.samples_per_client is None:
             # Offsets are O(P), so P <= N is required even with min_samples = 0.
@@ -335,130 +288,3 @@ class _PartitionerBase:
         """One sampled-mode client's count per pool."""
         raise NotImplementedError
 
-
-@dataclass(frozen=True, kw_only=True)
-class IidPartitioner(_PartitionerBase):
-    """Uniformly random shards: the IID baseline."""
-
-    stream_tag: ClassVar[int] = 1
-
-    def disjoint_owners(self, labels: np.ndarray, population: int, rng: Generator) -> np.ndarray:
-        n_total = len(labels)
-        perm = rng.permutation(n_total)
-        sizes = split_sizes(n_total, population, self.min_samples, self.quantity_skew, rng)
-        owner = np.empty(n_total, np.int64)
-        owner[perm] = np.repeat(np.arange(population), sizes)
-        return owner
-
-    def pools(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.arange(len(labels), dtype=np.int64), np.array([0, len(labels)])  # one pool
-
-    def sample_counts(self, rng: Generator, pool_sizes: np.ndarray) -> np.ndarray:
-        return np.array([self.client_size(rng, int(pool_sizes[0]))])
-
-
-@dataclass(frozen=True, kw_only=True)
-class DirichletPartitioner(_PartitionerBase):
-    """Label skew from a symmetric Dirichlet (Hsu, Qi & Brown 2019, arXiv:1909.06335).
-
-    Disjoint: for each class c, shares over the clients ``~ Dir(alpha * 1_P)`` (times each client's
-    lognormal quantity weight, renormalised) cut the class-c samples at the cumulative-sum points.
-    Sampled: a client's class mix is ``p ~ Dir(alpha * 1_C)`` and its counts ``~ Mult(n_i, p)``,
-    capped at each class's size with the overflow moved to other classes (:func:`fill_capped`).
-
-    Parameters
-    ----------
-    alpha : float
-        Concentration, ``> 0``. Small: few classes per client; ``alpha -> inf``: IID.
-    """
-
-    alpha: float = 0.5
-    stream_tag: ClassVar[int] = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.alpha > 0:
-            raise PartitionError(f"partition: alpha must be > 0, got {self.alpha}")
-
-    def disjoint_owners(self, labels: np.ndarray, population: int, rng: Generator) -> np.ndarray:
-        owner, rest = self.deal_min_samples(len(labels), population, rng)
-        rest = rest[np.argsort(labels[rest], kind="stable")]  # by class, shuffled within it
-        class_sizes = np.bincount(labels[rest], minlength=labels.max() + 1)
-        skew = self.quantity_skew
-        weight = rng.lognormal(0.0, skew, population) if skew > 0 else 1.0
-        start = 0
-        for n_class in class_sizes:
-            share = rng.dirichlet(np.full(population, self.alpha)) * weight
-            cuts = np.rint(np.cumsum(share / share.sum()) * n_class).astype(np.int64)
-            cuts = np.minimum(cuts, n_class)
-            cuts[-1] = n_class  # float rounding must not drop the last samples
-            counts = np.diff(cuts, prepend=0)
-            owner[rest[start : start + n_class]] = np.repeat(np.arange(population), counts)
-            start += n_class
-        return owner
-
-    def sample_counts(self, rng: Generator, pool_sizes: np.ndarray) -> np.ndarray:
-        size = self.client_size(rng, int(pool_sizes.sum()))
-        wanted = rng.multinomial(size, rng.dirichlet(np.full(len(pool_sizes), self.alpha)))
-        return fill_capped(wanted, pool_sizes)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardPartitioner(_PartitionerBase):
-    """Pathological non-IID shards (McMahan et al. 2017, arXiv:1602.05629).
-
-    Disjoint: sort by label, cut ``P * classes_per_client`` contiguous shards (equal, or lognormal
-    sizes under quantity skew) and deal each client ``classes_per_client`` random shards; a shard
-    that straddles a class boundary holds two labels, as in the original. Sampled: each client
-    picks ``classes_per_client`` distinct classes and splits ``n_i`` evenly over them (remainder to
-    the first), capped by the classes' sizes.
-
-    Parameters
-    ----------
-    classes_per_client : int
-        Shards (disjoint) or classes (sampled) per client, in ``[1, number of classes]``.
-    """
-
-    classes_per_client: int = 2
-    stream_tag: ClassVar[int] = 3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.classes_per_client < 1:
-            k = self.classes_per_client
-            raise PartitionError(f"partition: classes_per_client must be >= 1, got {k}")
-
-    def _check_classes(self, num_classes: int) -> None:
-        if self.classes_per_client > num_classes:
-            raise PartitionError(
-                f"partition: classes_per_client {self.classes_per_client} exceeds the "
-                f"{num_classes} classes present"
-            )
-
-    def disjoint_owners(self, labels: np.ndarray, population: int, rng: Generator) -> np.ndarray:
-        self._check_classes(len(np.unique(labels)))
-        owner, rest = self.deal_min_samples(len(labels), population, rng)
-        rest = rest[np.argsort(labels[rest], kind="stable")]  # ties keep the seeded shuffle
-        n_shards = population * self.classes_per_client
-        shard_sizes = split_sizes(len(rest), n_shards, 0, self.quantity_skew, rng)
-        shard_owner = np.empty(n_shards, np.int64)
-        shard_owner[rng.permutation(n_shards)] = np.arange(n_shards) // self.classes_per_client
-        owner[rest] = np.repeat(shard_owner, shard_sizes)
-        return owner
-
-    def check_pools(self, pool_sizes: np.ndarray) -> None:
-        self._check_classes(len(pool_sizes))
-        smallest = int(np.sort(pool_sizes)[: self.classes_per_client].sum())
-        if smallest < self.min_samples:
-            raise PartitionError(
-                f"partition: min_samples {self.min_samples} exceeds the {smallest} samples of "
-                f"the {self.classes_per_client} smallest classes"
-            )
-
-    def sample_counts(self, rng: Generator, pool_sizes: np.ndarray) -> np.ndarray:
-        size = self.client_size(rng, int(pool_sizes.sum()))
-        chosen = rng.choice(len(pool_sizes), self.classes_per_client, replace=False)
-        wanted, capacity = np.zeros_like(pool_sizes), np.zeros_like(pool_sizes)
-        wanted[chosen] = size // len(chosen) + (np.arange(len(chosen)) < size % len(chosen))
-        capacity[chosen] = pool_sizes[chosen]  # never take from a class the client did not pick
-        return fill_capped(wanted, capacity)

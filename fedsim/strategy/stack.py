@@ -1,0 +1,124 @@
+"""The strategy stack: in which order fedsim's wrappers wrap the user's strategy, written once.
+
+:func:`build_stack` is the only place that composes the stack. The round loop
+(:mod:`fedsim.server.rounds`) drives the outermost layer; each layer changes one step and hands
+the rest to the layer inside (:class:`~fedsim.strategy.wrapper.StrategyWrapper`)::
+
+    round loop: configure_train(round, global model) / aggregate_train(round, replies)
+      |
+      v
+    VirtualClients              the sampler's cohort of virtual phones, one message each, with
+      |                         the device simulation's and fault injection's instructions;
+      |                         replies sorted by client id        (fedsim.strategy.virtual_clients)
+      v
+    DecodeUpdates               encoded deltas / gradients / weights -> weights replies; the
+      |                         aggregate cast back to the model's dtypes
+      |                                                               (fedsim.strategy.decode_updates)
+      v
+    EnsembleDistillation        FedDF: refine each aggregate on the proxy split
+      |  (optional)             (distill.where=server_ensemble)  (fedsim.strategy.ensemble_distillation)
+      v
+    CentralDP                   clip, sum, noise the updates (privacy=central_dp*)
+      or LocalDPInstructions    tell the phones C and z (privacy=local_dp)
+      |  (optional)                             (fedsim.strategy.central_dp, fedsim.strategy.local_dp)
+      v
+    the user's strategy         strategy=... (FedAvg, FedAdam, Krum, a class of the user's)
+
+Why this order: the cohort is chosen and the replies put in a fixed order before anything
+aggregates; every layer under :class:`DecodeUpdates` sees ordinary weights replies, as Flower's
+strategies expect; central DP clips the clients' updates themselves, right above the strategy
+that averages them, so that everything above it (the FedDF refinement, the dtype cast) is
+post-processing of a DP release.
+
+The privacy layer and the user's strategy are the stack's state (the adaptive clipping norm, the
+clipped counts, FedAdam's moments ...): ``checkpoint.pkl`` holds that part
+(:attr:`StrategyStack.checkpointed`), and a resumed run passes it back as ``restored``. The
+layers above it keep nothing from one round to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.data.shards import ShardSource
+from fedsim.models.factory import ModelBuilder
+from fedsim.privacy.plan import CentralNoise, LocalNoise, Mechanism
+from fedsim.proxy.distillation import Distillation
+from fedsim.strategy.central_dp import CentralDP
+from fedsim.strategy.decode_updates import DecodeUpdates
+from fedsim.strategy.ensemble_distillation import EnsembleDistillation
+from fedsim.strategy.local_dp import LocalDPInstructions
+from fedsim.strategy.virtual_clients import Cohorts, Instructions, VirtualClients
+from fedsim.updates import UpdateRule
+
+# The wrapper that applies each privacy option's noise; it takes the description's fields by name.
+PRIVACY_WRAPPERS: dict[type, type] = {CentralNoise: CentralDP, LocalNoise: LocalDPInstructions}
+
+
+@dataclass(frozen=True)
+class StrategyStack:
+    """The built stack, and the layers a run reports on or checkpoints."""
+
+    top: VirtualClients  # what the round loop drives
+    checkpointed: Strategy  # the privacy wrapper (if any) around the user's strategy
+    mechanism: Mechanism | None  # the privacy wrapper, whose clipping the summary reports
+
+
+def with_privacy(strategy: Strategy, noise: CentralNoise | LocalNoise | None) -> Strategy:
+    """``strategy`` inside the wrapper that applies ``noise`` (``strategy`` itself without)."""
+    if noise is None:
+        return strategy
+    wrapper = PRIVACY_WRAPPERS[type(noise)]
+    return wrapper(strategy, **{f.name: getattr(noise, f.name) for f in fields(noise)})
+
+
+def build_stack(
+    strategy: Strategy,
+    *,
+    noise: CentralNoise | LocalNoise | None,
+    distill: Distillation,
+    update: UpdateRule,
+    parameter_names: frozenset[str],
+    sampler: Cohorts,
+    instructions: Sequence[Instructions],
+    builder: ModelBuilder,
+    shards: ShardSource,
+    teacher_logits: np.ndarray | None,
+    seed: int,
+    restored: Strategy | None = None,
+) -> StrategyStack:
+    """Wrap the user's ``strategy`` in fedsim's layers, outermost last (module docstring).
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The user's strategy, as the ``strategy`` option built it.
+    noise : CentralNoise, LocalNoise or None
+        The privacy option's noise (:attr:`fedsim.privacy.plan.PrivacyPlan.noise`).
+    distill : Distillation
+        The ``distill`` node; its place says whether FedDF refines the aggregates.
+    update : UpdateRule
+        What the phones upload, and the codec to decode it with.
+    parameter_names : frozenset[str]
+        The model's parameters (other float tensors of a gradient upload are deltas).
+    sampler : Cohorts
+        Chooses each round's virtual clients.
+    instructions : sequence of callables
+        Per-client message config, in order (:class:`VirtualClients`).
+    builder, shards, teacher_logits, seed
+        FedDF's student, proxy split, the teacher's logits on it (or None) and the run seed.
+    restored : Strategy, optional
+        A checkpoint's privacy layer (:attr:`StrategyStack.checkpointed`) with its state, used
+        as it is instead of wrapping ``strategy`` afresh.
+    """
+    checkpointed = restored if restored is not None else with_privacy(strategy, noise)
+    mechanism = checkpointed if noise is not None else None
+    stack = checkpointed
+    if distill.where.refines_aggregate:
+        stack = EnsembleDistillation(stack, distill, builder, shards, teacher_logits, seed)
+    stack = DecodeUpdates(stack, update, parameter_names)
+    return StrategyStack(VirtualClients(stack, sampler, instructions), checkpointed, mechanism)
