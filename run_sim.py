@@ -6,7 +6,13 @@ A thin Hydra entry: it composes ``conf/``, hands the config and Hydra's run dire
 
 from __future__ import annotations
 
-import gc
+import time
+
+# summary.json's startup_s and total_s count from here: the process's start for its first job,
+# the previous job's end for the next one of a sweep.
+job_started = [time.perf_counter()]
+
+import gc  # noqa: E402 - after the clock starts: the imports below are part of start-up
 import logging
 import sys
 import traceback
@@ -36,18 +42,19 @@ def main(cfg: DictConfig) -> float | None:
 
         summary = run(
             cfg, out_dir, verbose=verbose, progress=str(cfg.get("progress", "auto")),
-            resume=bool(cfg.get("resume")),
+            resume=bool(cfg.get("resume")), process_started=job_started[0],
         )
     except UserInputError as err:
         if verbose:
             traceback.print_exc()
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)
-    accuracy = summary["final_accuracy"]
-    shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
-    print(f"final accuracy {shown} after {summary['rounds']} rounds in {summary['wall_s']:.1f}s")
+    from fedsim.report.timing import closing_line
+
+    print(closing_line(summary))
     print(f"results: {out_dir}")
-    return accuracy  # Hydra sweepers (e.g. Optuna) can optimise this
+    job_started[0] = time.perf_counter()
+    return summary["final_accuracy"]  # Hydra sweepers (e.g. Optuna) can optimise this
 
 
 def check_command_line() -> None:

@@ -210,6 +210,12 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     torch.manual_seed(seed)  # dropout masks
     generator = torch.Generator().manual_seed(seed)
 
+    # The mode and batch the server's memory-budget policy chose for this phone (a gradient
+    # upload is full-only: the run refuses any other mode with update.kind=gradient).
+    mode = mode_named(
+        str(config.get(keys.FINETUNE_MODE, Full.name)),
+        cache_features=bool(config.get(keys.CACHE_FEATURES, True)),
+    )
     started = time.perf_counter()
     gradient = None
     if env.update.kind == GRADIENT:
@@ -217,16 +223,14 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         gradient = {name: g.numpy() for name, g in step.gradient.items()}
         result = LocalResult(step.mean_loss, step.passes, step.num_examples)
     else:
-        # The mode and batch the server's memory-budget policy chose for this phone.
-        mode = mode_named(
-            str(config.get(keys.FINETUNE_MODE, Full.name)),
-            cache_features=bool(config.get(keys.CACHE_FEATURES, True)),
-        )
         soft = teacher_logits(env, config, x)  # on the phone: part of its compute time
         result = train_in_mode(
             model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, soft, env.kd
         )
-    after = {name: t.numpy() for name, t in exchangeable_state(model).items()}
+    # Only what the mode changed leaves the phone; the server has the rest (it sent it).
+    received = uploaded_part(received, mode.uploaded_names(model))
+    state = exchangeable_state(model)
+    after = {name: state[name].numpy() for name in received}
     after, gradient, privacy_metrics = apply_local_dp(
         env, config, server_round, client_id, received, after, gradient
     )
@@ -258,6 +262,11 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     return Message(content, reply_to=message)
 
 
+def uploaded_part(state: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """The entries of ``state`` named in ``names``, in ``state``'s order (the upload's order)."""
+    return {name: tensor for name, tensor in state.items() if name in names}
+
+
 def apply_local_dp(
     env: ClientEnvironment, config: ConfigRecord, server_round: int, client_id: int,
     received: dict[str, np.ndarray], after: dict[str, np.ndarray],
@@ -265,8 +274,10 @@ def apply_local_dp(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict]:
     """Privatize what the phone will upload when the server asked for local DP.
 
-    The trained weights become ``received + clip(update) + noise`` (weights and delta kinds);
-    a gradient is clipped and noised itself. The reply then weighs 1: a true sample count would
+    ``received`` and ``after`` hold exactly the uploaded tensors, so the clipping norm and the
+    noise cover those coordinates and no others (the rest never leave the phone). The trained
+    weights become ``received + clip(update) + noise`` (weights and delta kinds); a gradient is
+    clipped and noised itself. The reply then weighs 1: a true sample count would
     leak the shard size (see :mod:`clients.local_dp`).
     """
     if keys.LOCAL_DP_CLIPPING_NORM not in config:

@@ -1,9 +1,13 @@
 """The device's half of local DP: clip the update, add Gaussian noise, then send.
 
 The server's half is :mod:`fedsim.strategy.local_dp`; see :mod:`fedsim.privacy.local_accounting`
-for the guarantee and its accounting. The update is the whole exchanged state's change (trained
-minus received), so every number that leaves the phone is covered. The reply's sample count becomes 1: a true count would leak the shard size, and
-equal weights are what the per-report guarantee assumes of the aggregate anyway.
+for the guarantee and its accounting. The update is the change (trained minus received) of
+exactly the tensors the phone uploads (its fine-tuning mode's
+:meth:`~clients.finetune.base.FineTuneMode.uploaded_names`), so every number that leaves the
+phone is clipped and noised, and no noise is spent on tensors it does not send: a frozen
+backbone came from the server and goes back nowhere. The reply's sample count becomes 1: a
+true count would leak the shard size, and equal weights are what the per-report guarantee
+assumes of the aggregate anyway.
 """
 
 from __future__ import annotations

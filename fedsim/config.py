@@ -98,7 +98,7 @@ class Simulation:
     round_timeout_s: float
     client_timeout_s: float | None  # a phone slower than this counts as failed (`timeout`)
     min_completed: int  # fewer completed phones than this: the round is not aggregated
-    checkpoint_every: int  # write checkpoint.pkl every n rounds (and at the end)
+    checkpoint_every: int  # write checkpoint.safetensors every n rounds (and at the end)
     eval_batch_size: int
     deadline_s: float | None  # simulated seconds a phone has to finish; later: `straggler`
     overcommit: float  # sample (1 + overcommit) x clients_per_round, keep the first finishers

@@ -16,6 +16,10 @@ FedAdam/FedYogi/FedAvgM still read ``aggregate - global`` as their pseudo-gradie
 ``gradient`` and FedAvg weighting that is ``-server_lr`` times the sample-weighted mean
 gradient, i.e. the full-batch gradient of the union of the cohort's data.
 
+A client uploads only the tensors its fine-tuning mode changed
+(:meth:`clients.finetune.base.FineTuneMode.uploaded_names`); :func:`reconstruct` completes the
+upload with the global model's values for the others, so strategies still see whole models.
+
 Compression acts on the delta (or gradient): a lossy codec with ``kind=weights`` uploads the
 encoded delta and the server adds it to the global model (:meth:`UpdateRule.payload_kind`).
 """
@@ -116,27 +120,28 @@ def reconstruct(
     global_ : Mapping[str, np.ndarray]
         The model the client received; fixes the names and order of the result.
     decoded : Mapping[str, np.ndarray]
-        The decoded upload, same names and shapes.
+        The decoded upload: some or all of ``global_``'s names, same shapes. A tensor the
+        client did not upload (its fine-tuning mode left it as received) is ``global_``'s.
     parameter_names : frozenset[str]
         Trainable tensors; other float state (BatchNorm running statistics) is a delta even
         in a ``gradient`` upload.
     server_lr : float
         Step along a gradient.
     """
-    if set(decoded) != set(global_):
-        missing = sorted(set(global_) - set(decoded))[:3]
-        extra = sorted(set(decoded) - set(global_))[:3]
-        raise ValueError(f"upload does not match the model: missing {missing}, unexpected {extra}")
-    if payload_kind == WEIGHTS:
-        return {name: np.asarray(decoded[name]) for name in global_}
-    if payload_kind == DELTA:
-        return {name: global_[name] + decoded[name] for name in global_}
-    if payload_kind == GRADIENT:
-        step = np.float32(server_lr)
-        return {
-            name: global_[name] - step * decoded[name]
-            if name in parameter_names
-            else global_[name] + decoded[name]
-            for name in global_
-        }
-    raise ValueError(f"unknown payload kind {payload_kind!r}")
+    extra = sorted(set(decoded) - set(global_))[:3]
+    if extra:
+        raise ValueError(f"upload does not match the model: unexpected {extra}")
+    if payload_kind not in KINDS:
+        raise ValueError(f"unknown payload kind {payload_kind!r}")
+    step = np.float32(server_lr)
+
+    def rebuilt(name: str) -> np.ndarray:
+        if name not in decoded:
+            return global_[name]  # not uploaded: as the client received it
+        if payload_kind == WEIGHTS:
+            return np.asarray(decoded[name])
+        if payload_kind == GRADIENT and name in parameter_names:
+            return global_[name] - step * decoded[name]
+        return global_[name] + decoded[name]  # a delta (a gradient upload's buffers too)
+
+    return {name: rebuilt(name) for name in global_}

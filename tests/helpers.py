@@ -230,3 +230,18 @@ def write_fashion_files(directory: Path) -> None:
     }
     for name, array in arrays.items():
         (directory / name).write_bytes(gzip.compress(idx_bytes(array)))
+
+
+def write_fashion_like_files(directory: Path, train: int = 1000, test: int = 200) -> None:
+    """Fashion-MNIST-shaped IDX files of random 28x28 pixels, labels cycling 0..9 (so every
+    class has ``train / 10`` images): enough for every partition of 100 phones, on any machine."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": (np.arange(train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": (np.arange(test) % 10).astype(np.uint8),
+    }
+    for name, array in arrays.items():
+        (directory / name).write_bytes(gzip.compress(idx_bytes(array)))

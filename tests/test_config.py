@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,11 +10,12 @@ from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 
 from fedsim.attacks.byzantine import ByzantineBehaviour
+from fedsim.data.fashion_mnist import FILES, SYSTEM_DIR
 from fedsim.config import ConfigError, locate_targets, parse_simulation
 from fedsim.errors import UserInputError
 from fedsim.run.preparation import prepare
 from fedsim.updates import UpdateRule
-from tests.helpers import ROOT, make_cfg, options
+from tests.helpers import ROOT, make_cfg, options, write_fashion_like_files
 
 
 def test_groups_have_the_options_the_readme_promises() -> None:
@@ -25,6 +27,7 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("norm") == ["batch", "group", "none"]
     assert options("privacy") == ["central_dp", "central_dp_adaptive", "local_dp", "none"]
     assert options("audit") == ["membership", "none"]
+    assert options("logger") == ["mlflow", "none", "tensorboard"]
     assert options("strategy") == sorted(
         "fedavg fedprox fedadam fedadagrad fedyogi fedavgm fedmedian fedtrimmedavg krum "
         "multikrum bulyan qfedavg".split()
@@ -98,12 +101,47 @@ def test_dp_with_batch_norm_is_refused_by_name(privacy: str) -> None:
         prepare(make_cfg(f"privacy={privacy}", "norm=batch"))
 
 
+@pytest.fixture(scope="module")
+def fashion_like(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("fashion-like")
+    write_fashion_like_files(directory)
+    return directory
+
+
+def dataset_overrides(dataset: str, data_dir: Path) -> list[str]:
+    """Fashion-MNIST from ``data_dir``, uncached; Digits as it ships (sklearn bundles it)."""
+    if dataset != "fashion_mnist":
+        return [f"dataset={dataset}"]
+    return ["dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "dataset.download=false",
+            "dataset.cache_dir=null"]
+
+
 @pytest.mark.parametrize("partition", options("partition"))
 @pytest.mark.parametrize("dataset", options("dataset"))
-def test_every_dataset_and_partition_prepares(dataset: str, partition: str) -> None:
-    prepared = prepare(make_cfg(f"dataset={dataset}", f"partition={partition}"))
+def test_every_dataset_and_partition_prepares(
+    dataset: str, partition: str, fashion_like: Path
+) -> None:
+    # Fashion-MNIST from generated IDX files (1000 train images): the whole path from the files
+    # to a phone's shard, on any machine; the real files are checked below where present.
+    cfg = make_cfg(*dataset_overrides(dataset, fashion_like), f"partition={partition}")
+    prepared = prepare(cfg)
     x, y = prepared.shards(0)
     assert x.shape[1:] == prepared.splits.input_shape and len(x) == len(y) > 0
+    if dataset == "fashion_mnist":
+        assert (len(prepared.splits.train), len(prepared.splits.test)) == (1000, 200)
+
+
+@pytest.mark.skipif(
+    not (SYSTEM_DIR / FILES["test_labels"]).exists(),
+    reason=f"real Fashion-MNIST not in {SYSTEM_DIR} (bash .ci/run installs dataset-fashion-mnist)",
+)
+@pytest.mark.parametrize("partition", options("partition"))
+def test_real_fashion_mnist_prepares(partition: str) -> None:
+    cfg = make_cfg(*dataset_overrides("fashion_mnist", SYSTEM_DIR), f"partition={partition}")
+    prepared = prepare(cfg)
+    x, y = prepared.shards(0)
+    assert x.shape[1:] == (1, 28, 28) and len(x) == len(y) > 0
+    assert (len(prepared.splits.train), len(prepared.splits.test)) == (60_000, 10_000)
 
 
 @pytest.mark.parametrize("norm", options("norm"))

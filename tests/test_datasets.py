@@ -98,9 +98,24 @@ def test_idx_missing_file(tmp_path: Path) -> None:
         read_idx(tmp_path / "nowhere.gz")
 
 
-def test_fashion_mnist_loads_from_system_package(monkeypatch, tmp_path: Path) -> None:
+def test_fashion_mnist_found_in_the_system_dir(monkeypatch, tmp_path: Path) -> None:
+    # Where Debian's dataset-fashion-mnist puts the files, here holding the tiny ones; no
+    # $FEDSIM_DATA and an empty user cache, so the system dir must be where they come from.
+    write_fashion_files(tmp_path / "usr-share")
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "usr-share")
     monkeypatch.delenv("FEDSIM_DATA", raising=False)
-    # An empty user cache, so the system dir must be where the files come from.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    splits = FashionMNIST(download=False).load()
+    assert splits.train.y.tolist() == [0, 9, 3, 3] and splits.test.y.tolist() == [1, 2]
+
+
+@pytest.mark.skipif(
+    not (fashion_mnist.SYSTEM_DIR / fashion_mnist.FILES["test_labels"]).exists(),
+    reason=f"real Fashion-MNIST not in {fashion_mnist.SYSTEM_DIR} "
+    "(bash .ci/run installs dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_system_package(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FEDSIM_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     splits = FashionMNIST(download=False).load()
     assert (len(splits.train), len(splits.test)) == (60_000, 10_000)

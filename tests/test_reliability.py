@@ -80,6 +80,30 @@ def test_kill_minus_9_then_resume_is_bit_identical(uninterrupted: Path, tmp_path
     assert json.loads((tmp_path / "summary.json").read_text())["stopped"] == "completed"
 
 
+# A strategy with moments and a privacy wrapper whose clipping norm moves: both saved as data.
+STATEFUL = ["strategy=fedavgm", "strategy.server_momentum=0.9", "privacy=central_dp_adaptive",
+            "norm=group"]
+
+
+@pytest.mark.slow  # starts Ray
+def test_stateful_strategy_resumes_bit_identically(tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    run_cli(whole, *ROUNDS, *STATEFUL)
+    proc = start(tmp_path / "killed", *STATEFUL)
+    wait_for_rounds(tmp_path / "killed", 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "killed" / CHECKPOINT_FILE).exists()
+    result = resume(tmp_path / "killed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert strip(read_rounds(tmp_path / "killed")) == strip(read_rounds(whole))
+    for name, tensor in torch.load(whole / "model.pt").items():
+        assert torch.equal(tensor, torch.load(tmp_path / "killed" / "model.pt")[name]), name
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, tmp_path / "killed")]
+    assert summaries[0]["final_clipping_norm"] == summaries[1]["final_clipping_norm"]
+    assert summaries[0]["clipped_fraction"] == summaries[1]["clipped_fraction"]
+
+
 @pytest.mark.slow  # starts Ray
 def test_ctrl_c_checkpoints_and_resumes_identically(uninterrupted: Path, tmp_path: Path) -> None:
     proc = start(tmp_path)

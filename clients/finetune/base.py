@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.errors import ConfigError
+from fedsim.models.state import exchangeable_state
 
 # The name -> mode table, in the order error messages list the choices. Filled in (explicitly,
 # not by subclassing) by clients/finetune/__init__.py, which imports every mode; importing any
@@ -86,6 +87,28 @@ class FineTuneMode:
         A pure function of the model's structure: nothing is modified. Here: all of them.
         """
         return {name for name, _ in model.named_parameters()}
+
+    def uploaded_names(self, model: nn.Module) -> set[str]:
+        """Names of the exchanged tensors this mode changes, which is what the phone uploads.
+
+        The trained parameters (:meth:`trainable_names`) and the float buffers of the modules
+        the step runs in train mode (BatchNorm running statistics): all of them, or with a
+        frozen backbone only the classifier's (the backbone runs in eval mode, see
+        :meth:`prepare`). Every other exchanged tensor leaves the round as it arrived, so the
+        server already has it. A pure function of the model's structure, like
+        :meth:`trainable_names`; names as in :func:`fedsim.models.state.exchangeable_state`.
+        """
+        trained = self.trainable_names(model)
+        parameters = {name for name, _ in model.named_parameters()}
+        return {
+            name
+            for name in exchangeable_state(model)
+            if name in trained
+            or (
+                name not in parameters
+                and (not self.frozen_backbone or name.startswith(HEAD_PREFIX))
+            )
+        }
 
     def prepare(self, model: nn.Module) -> None:
         """Set ``requires_grad`` to :meth:`trainable_names` and put ``model`` in train mode.

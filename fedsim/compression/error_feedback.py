@@ -44,21 +44,26 @@ def compress_with_feedback(
     update : Mapping[str, np.ndarray]
         This round's update (the delta), float32.
     residual : Mapping[str, np.ndarray] or None
-        What earlier rounds failed to send, same keys and shapes; ``None`` means zeros.
+        What earlier rounds failed to send, by tensor name; ``None`` or a missing name means
+        zeros. Names ``update`` lacks (a phone that uploads fewer tensors this round) are
+        carried over unchanged.
 
     Returns
     -------
     tuple[Encoded, dict[str, np.ndarray]]
         The payload to upload, and ``(update + residual) - decode(payload)`` in float32.
     """
+    residual = residual or {}
     corrected = {
         name: np.asarray(tensor, dtype=np.float32)
-        + (np.float32(0.0) if residual is None else np.asarray(residual[name], np.float32))
+        + (np.asarray(residual[name], np.float32) if name in residual else np.float32(0.0))
         for name, tensor in update.items()
     }
     encoded = codec.encode(corrected)
     decoded = codec.decode(encoded)
     new_residual = {name: corrected[name] - decoded[name] for name in corrected}
+    # Tensors this upload left out (a cheaper fine-tuning mode this round) keep what they owe.
+    new_residual.update({name: r for name, r in residual.items() if name not in corrected})
     return encoded, new_residual
 
 
@@ -174,7 +179,8 @@ class ResidualFiles:
         earlier = [r for r in self._rounds(client_id) if r < server_round]
         if not earlier:
             return None
-        with np.load(self.path(client_id, earlier[-1])) as stored:
+        # allow_pickle=False: a run directory's files are data; a pickle in one could run code.
+        with np.load(self.path(client_id, earlier[-1]), allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
 
     def put(self, client_id: int, server_round: int, residual: Mapping[str, np.ndarray]) -> None:

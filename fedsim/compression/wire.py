@@ -39,17 +39,25 @@ def from_records(arrays: ArrayRecord, meta: ConfigRecord) -> tuple[Encoded, str]
     return Encoded(parts, scalars), str(meta[keys.PAYLOAD_KIND])
 
 
-def whole_tensors(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord | None:
+def whole_tensors(
+    arrays: ArrayRecord, names: Iterable[str], missing: ArrayRecord | None = None
+) -> ArrayRecord | None:
     """A lossless upload's tensors, sharing the bytes they arrived in, or ``None``.
 
     :class:`~fedsim.compression.codecs.NoCompression` sends each float32 tensor whole as its
     ``"<tensor>/values"`` part, so the server can hand those bytes on without decoding and
-    re-encoding them (three copies per reply otherwise). ``None`` when a part is missing or
-    not float32.
+    re-encoding them (three copies per reply otherwise). A tensor the upload lacks is taken
+    from ``missing`` (the model the client received: a partial upload leaves the rest as it
+    was). ``None`` when a part is missing without a stand-in, or is not float32.
     """
-    parts = {name: arrays.get(f"{name}/{VALUES}") for name in names}
-    if any(part is None or part.dtype != "float32" for part in parts.values()):
-        return None
+    parts = {}
+    for name in names:
+        part = arrays.get(f"{name}/{VALUES}")
+        if part is None and missing is not None:
+            part = missing.get(name)
+        if part is None or part.dtype != "float32":
+            return None
+        parts[name] = part
     return ArrayRecord(parts)
 
 

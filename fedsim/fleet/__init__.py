@@ -7,6 +7,7 @@
   :mod:`~fedsim.fleet.memory` and :mod:`~fedsim.fleet.flops` read (shape-only cost models of a
   training step: peak memory, FLOPs); :mod:`~fedsim.fleet.model_size` for reports.
 - :mod:`~fedsim.fleet.budget`: what a phone does when its step would not fit in RAM.
+- :mod:`~fedsim.fleet.exchange`: which tensors a run's phones download, upload and keep.
 - :mod:`~fedsim.fleet.clock`: the simulated clock (download, compute, upload, energy).
 - :mod:`~fedsim.fleet.admission`: the gates a sampled phone passes before it is sent the model.
 - :mod:`~fedsim.fleet.settlement`: the replies on the clock (stragglers, over-selection).

@@ -56,7 +56,8 @@ class DeviceSimulation:
     samples : callable
         A phone's shard size (``Partition.size``): its training FLOPs scale with it.
     model_bytes : int
-        Bytes of the model every phone downloads (:func:`fedsim.fleet.model_size.model_bytes`).
+        Bytes every phone downloads each round: the tensors that may differ from what it holds
+        (:mod:`fedsim.fleet.exchange`, :func:`fedsim.fleet.model_size.model_bytes`).
     seed : int
         Run seed.
     deadline_s : float or None

@@ -12,10 +12,12 @@ student table of ``bench/students.py``, each re-derivable by hand:
 - ``flops_per_inference``: one forward pass of one sample, multiply-add counted as 2 FLOPs
   (:func:`fedsim.fleet.flops.count_flops`).
 
-:func:`model_bytes` is the global model as every phone downloads it, for the simulated clock.
+:func:`model_bytes` is what every phone downloads each round, for the simulated clock.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from flwr.app import ArrayRecord
 from torch import nn
@@ -37,6 +39,12 @@ def model_size(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str,
     }
 
 
-def model_bytes(arrays: ArrayRecord) -> int:
-    """Bytes of the model as every phone downloads it (the global model's ArrayRecord)."""
+def model_bytes(arrays: ArrayRecord, names: Collection[str] | None = None) -> int:
+    """Bytes of the global model's tensors ``names`` (default: all) as a phone downloads them.
+
+    ``names``: what a phone downloads each round
+    (:attr:`fedsim.fleet.exchange.Exchange.downloaded`).
+    """
+    if names is not None:
+        arrays = ArrayRecord({k: a for k, a in arrays.items() if k in names})
     return record_nbytes(arrays)

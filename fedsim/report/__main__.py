@@ -1,8 +1,11 @@
-"""``python -m fedsim.report <multirun dir>``: write the sweep's privacy/accuracy trade-off.
+"""``python -m fedsim.report <multirun dir>``: write the sweep's overview and trade-off report.
 
-The same report is written automatically at the end of every ``run_sim.py -m`` sweep by
-:class:`fedsim.report.callbacks.TradeoffReport`; this command re-writes it, e.g. for a
-sweep that was interrupted, or one whose jobs were run separately into one directory.
+``overview.png`` draws every job's accuracy against rounds and simulated time
+(:mod:`fedsim.report.overview`); ``tradeoff.{csv,md,png}`` tabulates the privacy/accuracy
+trade-off of the finished jobs (:mod:`fedsim.report.tradeoff`). Both are written automatically
+at the end of every ``run_sim.py -m`` sweep by :class:`fedsim.report.callbacks.TradeoffReport`;
+this command re-writes them, e.g. for a sweep that was interrupted, or one whose jobs were run
+separately into one directory.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedsim.report.overview import OVERVIEW, write_overview
 from fedsim.report.tradeoff import OUTPUTS, write_report
 
 
@@ -23,13 +27,23 @@ def main(argv: list[str] | None = None) -> int:
         if not directory.is_dir():
             print(f"fedsim.report: error: {directory} is not a directory", file=sys.stderr)
             return 2
+    written, rows = [], None
+    try:
+        curves = write_overview(args.sweep_dir)
+        written.append(args.sweep_dir / OVERVIEW)
+    except FileNotFoundError:  # no metrics.jsonl: jobs copied without their round logs
+        curves = []
     try:
         rows = write_report(args.sweep_dir, tuple(args.more))
+        written += [args.sweep_dir / o for o in OUTPUTS]
     except FileNotFoundError as err:
-        print(f"fedsim.report: error: {err}", file=sys.stderr)
-        return 2
-    print((args.sweep_dir / OUTPUTS[1]).read_text(), end="")
-    print(f"{len(rows)} settings; wrote " + ", ".join(str(args.sweep_dir / o) for o in OUTPUTS))
+        if not written:
+            print(f"fedsim.report: error: {err}", file=sys.stderr)
+            return 2
+    if rows is not None:
+        print((args.sweep_dir / OUTPUTS[1]).read_text(), end="")
+    settings = "no finished run" if rows is None else f"{len(rows)} settings"
+    print(f"{len(curves)} runs, {settings}; wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Hydra callbacks: the trade-off report at the end of every multirun."""
+"""Hydra callbacks: the overview and the trade-off report at the end of every multirun."""
 
 from __future__ import annotations
 
@@ -11,16 +11,24 @@ from omegaconf import DictConfig
 
 
 class TradeoffReport(Callback):
-    """After ``run_sim.py -m ...`` finishes, write ``tradeoff.{csv,md,png}`` into the sweep dir.
+    """After ``run_sim.py -m ...`` finishes, write ``overview.png`` (every job's accuracy curve)
+    and ``tradeoff.{csv,md,png}`` into the sweep dir.
 
     A report failure must not look like a failed sweep: it is one line on stderr, and
     ``python -m fedsim.report <dir>`` can write it again.
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from fedsim.report.tradeoff import OUTPUTS, write_report  # keep `run_sim.py` start fast
+        # Imported here: keep `run_sim.py` start fast.
+        from fedsim.report.overview import OVERVIEW, write_overview
+        from fedsim.report.tradeoff import OUTPUTS, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            curves = write_overview(sweep_dir)
+            print(f"fedsim: {len(curves)} runs -> {sweep_dir / OVERVIEW}")
+        except Exception as err:  # noqa: BLE001 - reported, never raised: the jobs are done
+            print(f"fedsim: overview not written: {err}", file=sys.stderr)
         try:
             rows = write_report(sweep_dir)
         except Exception as err:  # noqa: BLE001 - reported, never raised: the jobs are done

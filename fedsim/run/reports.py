@@ -21,6 +21,7 @@ from fedsim.models.state import load_exchangeable_state
 from fedsim.report.plots import plot_accuracy
 from fedsim.report.run_log import RoundRecord
 from fedsim.report.summary import summarize, write_summary
+from fedsim.report.timing import RunClock
 from fedsim.run.preparation import Prepared
 from fedsim.run.starting_point import PreparedTeacher
 
@@ -103,15 +104,22 @@ def audit_final_model(
 
 def finish(
     out_dir: Path, records: list[RoundRecord], arrays: ArrayRecord, prepared: Prepared,
-    cfg: DictConfig, started: float, extra: dict[str, Any],
+    cfg: DictConfig, started: float, extra: dict[str, Any], clock: RunClock | None = None,
 ) -> dict[str, Any]:
-    """Write summary.json, model.pt and accuracy.png for whatever rounds finished."""
+    """Write summary.json, model.pt and accuracy.png for whatever rounds finished.
+
+    ``wall_s`` runs from ``started`` to the summary, before the audit; ``clock``'s split
+    (``startup_s``, ``rounds_s``, ``report_s``, ``total_s``: :mod:`fedsim.report.timing`) covers
+    the whole process up to the final summary.json, audit and plot included.
+    """
     settings = prepared.settings
     summary = summarize_run(records, settings, cfg, time.perf_counter() - started, extra)
     torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
     write_summary(out_dir / "summary.json", summary)  # before the audit: it must never cost this
     summary.update(audit_final_model(prepared, records, arrays, summary, out_dir))
-    write_summary(out_dir / "summary.json", summary)
     title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"
     plot_accuracy(records, out_dir / "accuracy.png", title)
+    if clock is not None:
+        summary.update(clock.split())
+    write_summary(out_dir / "summary.json", summary)
     return summary

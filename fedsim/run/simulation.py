@@ -29,20 +29,27 @@ from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.fleet.device_simulation import DeviceSimulation
+from fedsim.fleet.exchange import Exchange, plan_exchange, possible_modes
 from fedsim.fleet.model_size import model_bytes
 from fedsim.models.state import exchangeable_state
 from fedsim.report.progress import RoundProgress
 from fedsim.report.run_log import RoundRecord
 from fedsim.report.summary import device_report
+from fedsim.report.timing import RunClock
+from fedsim.report.trackers.base import Tracker, Tracking, tracked_run
 from fedsim.run import checkpoint, engine
+from fedsim.run.options import instantiate_option
 from fedsim.run.preparation import Prepared, prepare
 from fedsim.run.reports import distill_report, finish, update_report
 from fedsim.run.starting_point import PreparedTeacher, prepared_teacher, starting_point
-from fedsim.run.state import RunState
+from fedsim.run.state import (
+    RunState, check_identity, restore_strategy, restored_records, run_identity, saved_model,
+)
 from fedsim.server.evaluation import CentralEvaluator
 from fedsim.server.faults import FaultPlan
 from fedsim.server.rounds import RoundPlan
 from fedsim.server.server_app import make_server_app
+from fedsim.strategy.saved_state import StackState
 from fedsim.strategy.stack import StrategyStack, build_stack
 from fedsim.strategy.virtual_clients import Instructions
 from fedsim.updates import GRADIENT, UpdateRule
@@ -50,13 +57,20 @@ from fedsim.updates import GRADIENT, UpdateRule
 
 def run(
     cfg: DictConfig, out_dir: Path, *, verbose: bool = False, progress: str = "auto",
-    resume: bool = False,
+    resume: bool = False, process_started: float | None = None,
 ) -> dict[str, Any]:
     """Run the simulation ``cfg`` describes and write its outputs into ``out_dir``.
 
     ``resume``: continue from ``out_dir``'s checkpoint (``cfg`` must be the run's saved config).
+    ``process_started``: when the process started (``time.perf_counter()``), for the summary's
+    ``startup_s`` and ``total_s`` (:mod:`fedsim.report.timing`); ``None``: now.
     """
     started = time.perf_counter()
+    clock = RunClock(started if process_started is None else process_started)
+    # The logger option first: a missing optional package is one line before any work.
+    tracker = instantiate_option("logger", cfg.logger) if "logger" in cfg else Tracker()
+    # Checked before anything heavy runs: a torn, edited, foreign or pickle file is one line.
+    saved = checkpoint.load(out_dir) if resume else None  # None: no round had finished
     prepared = prepare(cfg)
     settings = prepared.settings
     torch.set_num_threads(settings.backend.num_cpus or os.cpu_count() or 1)  # server evaluation
@@ -64,26 +78,30 @@ def run(
     teacher = prepared_teacher(prepared)  # None unless distillation uses one
     model, pretrain_report = starting_point(prepared, teacher)
     arrays = ArrayRecord(exchangeable_state(model))
-    devices = device_simulation(prepared, model, arrays, teacher)
-    saved = None  # a resumed run's checkpoint: its model, stack, accountant and rounds
-    if resume and (out_dir / checkpoint.CHECKPOINT_FILE).exists():
-        saved = checkpoint.load(out_dir)
-    restored = [RoundRecord(**r) for r in saved.records] if saved else []
+    exchange = run_exchange(prepared, model)
+    devices = device_simulation(prepared, model, arrays, teacher, exchange)
+    restored = restored_records(out_dir, saved) if saved else []  # from metrics.jsonl
     if saved is not None:
-        arrays = saved.arrays
+        arrays = saved_model(saved, arrays, out_dir / checkpoint.CHECKPOINT_FILE)
         devices.sim_time_s = restored[-1].sim_time_s if restored else 0.0
     faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
     # The device simulation decides first (a phone it drops gets no fault either).
     instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
-    stack = strategy_stack(prepared, model, instructions, teacher, saved)
+    stack = strategy_stack(prepared, model, instructions, teacher, exchange)
+    stack_state = StackState(stack.checkpointed)
+    identity = run_identity(settings.seed, prepared.sampler, prepared.privacy)
+    if saved is not None:
+        check_identity(saved, identity, out_dir / checkpoint.CHECKPOINT_FILE)
+        restore_strategy(saved, stack_state, out_dir / checkpoint.CHECKPOINT_FILE)
     privacy = prepared.privacy.running(stack.mechanism, rounds=accounted_rounds(saved))
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
     residuals = residual_files(out_dir, prepared.update, fresh=not restored)
     state = RunState(
-        out_dir, stack.checkpointed, privacy, arrays, settings.checkpoint_every, restored,
+        out_dir, stack_state, privacy, arrays, settings.checkpoint_every, identity, restored,
         on_checkpoint=residuals.prune if residuals else None,
     )
     display = RoundProgress(settings.rounds, progress)
+    tracking = Tracking(tracker, tracked_run(cfg, out_dir, first_round=len(restored) + 1))
     outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
     num_params = sum(int(np.prod(array.shape)) for array in arrays.values())
 
@@ -91,8 +109,11 @@ def run(
         cost = prepared.secagg.round_cost(
             sampled=record.sampled, failed=record.failed, num_params=num_params
         )
-        state.on_round(replace(record, secagg=cost), round_arrays)
+        clock.on_round(record)
+        recorded = replace(record, secagg=cost)
+        state.on_round(recorded, round_arrays)
         display.update(record)
+        tracking.log_round(recorded)
 
     plan = RoundPlan(
         rounds=settings.rounds, eval_every=settings.eval_every,
@@ -133,7 +154,10 @@ def run(
         }
         if residuals is not None and outcome["stopped"] in FINAL:  # can be GBs; resume needs them
             shutil.rmtree(residuals.directory, ignore_errors=True)
-        summary = finish(out_dir, state.records, state.arrays, prepared, cfg, started, extra)
+        summary = finish(
+            out_dir, state.records, state.arrays, prepared, cfg, started, extra, clock
+        )
+        tracking.close(summary)
     return summary
 
 
@@ -141,9 +165,15 @@ def run(
 FINAL = ("completed", "privacy_budget")
 
 
+def run_exchange(prepared: Prepared, model: torch.nn.Module) -> Exchange:
+    """Which tensors this run's phones download, upload and keep (:mod:`fedsim.fleet.exchange`)."""
+    modes = possible_modes(prepared.finetune.name, prepared.fleet, prepared.budget)
+    return plan_exchange(model, modes, server_refines=prepared.distill.where.refines_aggregate)
+
+
 def device_simulation(
     prepared: Prepared, model: torch.nn.Module, arrays: ArrayRecord,
-    teacher: PreparedTeacher | None = None,
+    teacher: PreparedTeacher | None = None, exchange: Exchange | None = None,
 ) -> DeviceSimulation:
     """The simulated fleet's admissions and clock for this run (:mod:`fedsim.fleet.device_simulation`)."""
     settings = prepared.settings
@@ -153,7 +183,7 @@ def device_simulation(
         fleet=prepared.fleet, availability=prepared.availability, budget=prepared.budget,
         finetune=prepared.finetune, model=model, input_shape=prepared.splits.input_shape,
         batch_size=settings.local.batch_size, epochs=settings.local.epochs,
-        samples=partition.size, model_bytes=model_bytes(arrays), seed=settings.seed,
+        samples=partition.size, model_bytes=model_bytes(arrays, exchange.downloaded if exchange else None), seed=settings.seed,
         deadline_s=settings.deadline_s, start_hour=settings.start_hour,
         needed=settings.clients_per_round if settings.overcommit > 0 else None,
         one_pass=prepared.update.kind == GRADIENT,
@@ -189,11 +219,12 @@ def client_environment(
 
 def strategy_stack(
     prepared: Prepared, model: torch.nn.Module, instructions: list[Instructions],
-    teacher: PreparedTeacher | None = None, saved: checkpoint.Checkpoint | None = None,
+    teacher: PreparedTeacher | None = None, exchange: Exchange | None = None,
 ) -> StrategyStack:
     """fedsim's wrappers around the user's strategy (:func:`fedsim.strategy.stack.build_stack`).
 
-    A resumed run continues with the checkpoint's privacy layer and user strategy, state and all.
+    Always built afresh; a resumed run then loads the checkpoint's state into its stateful
+    layers (:class:`fedsim.strategy.saved_state.StackState`).
     """
     return build_stack(
         prepared.strategy, noise=prepared.privacy.noise, distill=prepared.distill,
@@ -201,15 +232,15 @@ def strategy_stack(
         parameter_names=frozenset(name for name, _ in model.named_parameters()),
         sampler=prepared.sampler, instructions=instructions, builder=prepared.builder,
         shards=prepared.shards, teacher_logits=teacher.proxy_logits if teacher else None,
-        seed=prepared.settings.seed, restored=saved.strategy if saved else None,
+        seed=prepared.settings.seed, exchange=exchange,
     )
 
 
 def accounted_rounds(saved: checkpoint.Checkpoint | None) -> int:
     """Rounds the checkpoint's privacy accountant had counted (0 for a fresh run or no DP)."""
-    if saved is None or saved.accountant is None:
+    if saved is None or saved.content.get("accountant") is None:
         return 0
-    return int(saved.accountant["rounds"])
+    return int(saved.content["accountant"]["rounds"])
 
 
 @contextmanager

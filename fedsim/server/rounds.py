@@ -126,9 +126,17 @@ def completed_clients(replies: list[Message]) -> list[int]:
     return sorted(int(r.content[keys.METRICS][keys.CLIENT_ID]) for r in replies)
 
 
-def traffic(sent: list[Message], completed: list[Message]) -> tuple[int, int]:
-    """Bytes up (completed clients' encoded payloads) and down (the model to each message)."""
+def traffic(
+    sent: list[Message], completed: list[Message], download_bytes: int | None = None
+) -> tuple[int, int]:
+    """Bytes up (completed clients' encoded payloads) and down (to each message's phone).
+
+    ``download_bytes``: what one phone downloads (the tensors it lacks,
+    :mod:`fedsim.fleet.exchange`); by default the whole model each message carries.
+    """
     up = sum(int(r.content[keys.METRICS].get(keys.PAYLOAD_BYTES, 0)) for r in completed)
+    if download_bytes is not None:
+        return up, download_bytes * len(sent)
     down = sum(record_nbytes(next(iter(m.content.array_records.values()))) for m in sent)
     return up, down
 
@@ -241,7 +249,7 @@ def run_rounds(
         last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
         evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
         train_loss, num_examples, client_s = weighted_train_loss(settled.kept)
-        bytes_up, bytes_down = traffic(messages, settled.kept)
+        bytes_up, bytes_down = traffic(messages, settled.kept, devices.model_bytes)
         now = time.perf_counter()
         record = RoundRecord(
             round=server_round,

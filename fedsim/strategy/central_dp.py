@@ -16,12 +16,22 @@ inner strategy receives a single reply carrying ``global + noisy mean update`` w
 FedAvg returns it as is and FedAdam/FedYogi/FedAvgM treat it as their pseudo-gradient (all
 post-processing). Strategies whose aggregate is not a mean (median, trimmed mean, Krum, Bulyan,
 q-FedAvg) would turn one reply into nonsense and are refused.
+
+The clipped and noised coordinates are the tensors some phone of the run can upload
+(``exchanged``, :attr:`fedsim.fleet.exchange.Exchange.uploaded`; all of them by default): under
+``finetune=head`` the classifier. The rest is the server's own model, public, sent to the phones
+and not changed by them, so it carries no client's data and needs no noise; the aggregate keeps
+it exactly. The set is fixed by the config, not by who was sampled (a set that followed the
+realised cohort would reveal whether a phone of some mode took part), so the sensitivity is
+still ``C`` and the accounting, which depends only on ``z``, the sampling and the rounds, is
+unchanged.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -36,6 +46,7 @@ from fedsim.privacy.clipping import (
     noisy_unclipped_fraction,
 )
 from fedsim.privacy.plan import AdaptiveClipping
+from fedsim.strategy.saved_state import clipping_state, load_clipping_state
 from fedsim.strategy.wrapper import StrategyWrapper
 
 # Distinguish the DP noise streams from every other consumer of the run seed.
@@ -62,11 +73,14 @@ class CentralDP(StrategyWrapper):
         Run seed; the noise of round ``r`` is drawn from ``(seed, r)``.
     adaptive : AdaptiveClipping, optional
         Adapt ``C`` after every round from a noisy count of unclipped updates.
+    exchanged : frozenset of str, optional
+        The tensors clipped and noised (those the run's phones can upload); ``None``: all.
     """
 
     def __init__(
         self, strategy: Strategy, clipping_norm: float, noise_multiplier: float,
         expected_cohort: float, seed: int, adaptive: AdaptiveClipping | None = None,
+        exchanged: frozenset[str] | None = None,
     ) -> None:
         refuse_for_central_dp(strategy)
         self.strategy = strategy
@@ -75,9 +89,17 @@ class CentralDP(StrategyWrapper):
         self.expected_cohort = expected_cohort
         self.seed = seed
         self.adaptive = adaptive
+        self.exchanged = exchanged
         self._global: ArrayRecord | None = None
         self.clipped: list[tuple[int, int]] = []  # per round: (clipped, aggregated) updates
         self.norms_used: dict[int, float] = {}  # per round: the clipping norm applied
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this layer (:mod:`fedsim.strategy.saved_state`)."""
+        return clipping_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_clipping_state(self, state)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -90,7 +112,8 @@ class CentralDP(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._global is not None, "configure_train runs before aggregate_train"
         valid = [r for r in replies if not r.has_error()]
-        names = list(self._global.keys())
+        covered = getattr(self, "exchanged", None)  # checkpoints from before it existed: all
+        names = [n for n in self._global.keys() if covered is None or n in covered]
         start = [self._global[n].numpy() for n in names]
         updates = [
             [next(iter(r.content.array_records.values()))[n].numpy() - s for n, s in zip(names, start)]
@@ -106,7 +129,8 @@ class CentralDP(StrategyWrapper):
         if self.adaptive is not None:
             unclipped = len(updates) - clipped
             self.clipping_norm = self._next_clipping_norm(server_round, unclipped, len(updates))
-        noisy = ArrayRecord({n: Array(s + d) for n, s, d in zip(names, start, mean)})
+        moved = {n: Array(s + d) for n, s, d in zip(names, start, mean)}
+        noisy = ArrayRecord({n: moved.get(n, a) for n, a in self._global.items()})
         if not valid:
             # Nobody was sampled: the noise is still released (the accountant counts the round),
             # but there is no reply to hand the inner strategy.

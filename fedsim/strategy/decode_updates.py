@@ -9,6 +9,13 @@ The inner strategy then receives ordinary replies, one ArrayRecord of weights pl
 client's MetricRecord, exactly what Flower's strategies and ``CentralDP`` expect. This is the
 server half of pfl-research's "post-process on the device, undo in reverse on the server".
 
+A phone uploads only the tensors its fine-tuning mode changed
+(:meth:`clients.finetune.base.FineTuneMode.uploaded_names`); the rest of its reply is the
+global model it received. The tensors no phone of the run can change and the server does not
+refine (``held``: the phones keep them from install, see docs/on-device-learning.md) leave
+every round exactly as they entered it: a weighted mean of equal float32 values is not always
+bit-equal to them, and an optimiser strategy (FedAdam) would amplify that rounding into a step.
+
 Error replies pass through untouched; the caller's replies are never modified.
 """
 
@@ -39,21 +46,27 @@ class DecodeUpdates(StrategyWrapper):
         The run's ``update`` node: the codec to decode with and the gradient step.
     parameter_names : frozenset[str]
         Names of the model's parameters; other float tensors of a gradient upload are deltas.
+    held : frozenset[str]
+        Tensors that no phone uploads and the server does not refine: kept as they are.
     """
 
     def __init__(
-        self, strategy: Strategy, rule: UpdateRule, parameter_names: frozenset[str]
+        self, strategy: Strategy, rule: UpdateRule, parameter_names: frozenset[str],
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self.strategy = strategy
         self.rule = rule
         self.parameter_names = parameter_names
+        self.held = held
         self._global: dict[str, np.ndarray] | None = None
+        self._global_record: ArrayRecord | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         # Uploads are relative to the model this round's cohort receives.
         self._global = {name: array.numpy() for name, array in arrays.items()}
+        self._global_record = arrays
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -61,7 +74,16 @@ class DecodeUpdates(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         decoded = [reply if reply.has_error() else self.decode(reply) for reply in replies]
         arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
-        return self.in_model_dtypes(arrays), metrics
+        return self.keeping_held(self.in_model_dtypes(arrays)), metrics
+
+    def keeping_held(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """``arrays`` with the :attr:`held` tensors as this round's global model had them."""
+        if arrays is None or not self.held:
+            return arrays
+        assert self._global_record is not None
+        return ArrayRecord(
+            {k: self._global_record[k] if k in self.held else a for k, a in arrays.items()}
+        )
 
     def in_model_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
         """``arrays`` cast back to the dtypes of the model the round started from.
@@ -89,7 +111,8 @@ class DecodeUpdates(StrategyWrapper):
         meta = reply.content[keys.PAYLOAD]
         weights = None
         if self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
-            weights = whole_tensors(payload, self._global)  # the weights as they arrived
+            # The weights as they arrived; those not uploaded as the phone received them.
+            weights = whole_tensors(payload, self._global, missing=self._global_record)
         if weights is None:
             encoded, payload_kind = from_records(payload, meta)
             decoded = reconstruct(

@@ -10,6 +10,7 @@ reports came back clipped. The guarantee and its ledger are
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -17,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
 from fedsim.privacy.aggregators import refuse_for_local_dp
+from fedsim.strategy.saved_state import clipping_state, load_clipping_state
 from fedsim.strategy.wrapper import StrategyWrapper
 
 
@@ -43,6 +45,13 @@ class LocalDPInstructions(StrategyWrapper):
         self.noise_multiplier = noise_multiplier
         self.clipped: list[tuple[int, int]] = []  # per round: (clipped, received) reports
         self.norms_used: dict[int, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this layer (:mod:`fedsim.strategy.saved_state`)."""
+        return clipping_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_clipping_state(self, state)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

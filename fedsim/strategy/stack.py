@@ -31,9 +31,10 @@ that averages them, so that everything above it (the FedDF refinement, the dtype
 post-processing of a DP release.
 
 The privacy layer and the user's strategy are the stack's state (the adaptive clipping norm, the
-clipped counts, FedAdam's moments ...): ``checkpoint.pkl`` holds that part
-(:attr:`StrategyStack.checkpointed`), and a resumed run passes it back as ``restored``. The
-layers above it keep nothing from one round to the next.
+clipped counts, FedAdam's moments ...): a checkpoint holds that part as data
+(:attr:`StrategyStack.checkpointed`, :mod:`fedsim.strategy.saved_state`), and a resumed run
+builds a new stack and loads it back. The layers above it keep nothing from one round to the
+next.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.data.shards import ShardSource
+from fedsim.fleet.exchange import Exchange
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.plan import CentralNoise, LocalNoise, Mechanism
 from fedsim.proxy.distillation import Distillation
@@ -64,16 +66,26 @@ class StrategyStack:
     """The built stack, and the layers a run reports on or checkpoints."""
 
     top: VirtualClients  # what the round loop drives
-    checkpointed: Strategy  # the privacy wrapper (if any) around the user's strategy
+    checkpointed: Strategy  # the privacy wrapper (if any) around the user's strategy: the state
     mechanism: Mechanism | None  # the privacy wrapper, whose clipping the summary reports
 
 
-def with_privacy(strategy: Strategy, noise: CentralNoise | LocalNoise | None) -> Strategy:
-    """``strategy`` inside the wrapper that applies ``noise`` (``strategy`` itself without)."""
+def with_privacy(
+    strategy: Strategy, noise: CentralNoise | LocalNoise | None,
+    exchanged: frozenset[str] | None = None,
+) -> Strategy:
+    """``strategy`` inside the wrapper that applies ``noise`` (``strategy`` itself without).
+
+    ``exchanged``: the tensors the run's phones can upload, which the server's noise covers
+    (``None``: all); under local DP each phone covers its own upload (:mod:`clients.local_dp`).
+    """
     if noise is None:
         return strategy
     wrapper = PRIVACY_WRAPPERS[type(noise)]
-    return wrapper(strategy, **{f.name: getattr(noise, f.name) for f in fields(noise)})
+    arguments = {f.name: getattr(noise, f.name) for f in fields(noise)}
+    if isinstance(noise, CentralNoise) and exchanged is not None:
+        arguments["exchanged"] = exchanged
+    return wrapper(strategy, **arguments)
 
 
 def build_stack(
@@ -89,7 +101,7 @@ def build_stack(
     shards: ShardSource,
     teacher_logits: np.ndarray | None,
     seed: int,
-    restored: Strategy | None = None,
+    exchange: Exchange | None = None,
 ) -> StrategyStack:
     """Wrap the user's ``strategy`` in fedsim's layers, outermost last (module docstring).
 
@@ -111,14 +123,16 @@ def build_stack(
         Per-client message config, in order (:class:`VirtualClients`).
     builder, shards, teacher_logits, seed
         FedDF's student, proxy split, the teacher's logits on it (or None) and the run seed.
-    restored : Strategy, optional
-        A checkpoint's privacy layer (:attr:`StrategyStack.checkpointed`) with its state, used
-        as it is instead of wrapping ``strategy`` afresh.
+    exchange : Exchange, optional
+        Which tensors the phones upload (central DP's coordinates) and which they keep from
+        install (:mod:`fedsim.fleet.exchange`); ``None``: everything travels.
     """
-    checkpointed = restored if restored is not None else with_privacy(strategy, noise)
+    uploaded = None if exchange is None or exchange.everything else exchange.uploaded
+    held = exchange.held if exchange is not None else frozenset()
+    checkpointed = with_privacy(strategy, noise, uploaded)
     mechanism = checkpointed if noise is not None else None
     stack = checkpointed
     if distill.where.refines_aggregate:
         stack = EnsembleDistillation(stack, distill, builder, shards, teacher_logits, seed)
-    stack = DecodeUpdates(stack, update, parameter_names)
+    stack = DecodeUpdates(stack, update, parameter_names, held)
     return StrategyStack(VirtualClients(stack, sampler, instructions), checkpointed, mechanism)
