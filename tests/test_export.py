@@ -9,6 +9,7 @@ runtimes and report every field; bad input is one line on stderr and exit code 2
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,7 +26,7 @@ from fedsim.export.export_run import export_run
 from fedsim.export.trained_run import load_run
 from fedsim.models.state import exchangeable_state
 from fedsim.run.preparation import prepare
-from tests.helpers import make_cfg
+from tests.helpers import ROOT, make_cfg
 
 TINY_RUN = ("model.width_mult=0.35", "audit=none")
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
@@ -177,6 +178,18 @@ def test_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("{}\n")
     code, err = cli(capsys, str(tmp_path / "run"), "--to", "onnx", "--int8")
     assert code == 2 and len(err) == 1 and "has no model.pt" in err[0]
+
+
+def test_python_dash_m_fedsim_export_is_the_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim.export", str(tmp_path), "--to", "onnx"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"fedsim.export: error: {tmp_path} has no .hydra/config.yaml: not a finished fedsim run "
+        "directory (run_sim.py writes both)"
+    ]
 
 
 def test_weights_of_another_student_are_one_line(digits_run, tmp_path, capsys):

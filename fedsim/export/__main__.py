@@ -31,7 +31,11 @@ def positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parse = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parse = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a finished run's student to a mobile runtime, fp32 or int8, and "
+        "measure the exported file in that runtime on the run's test split.",
+    )
     parse.add_argument("run_dir", type=Path, help="a finished run directory (gets export/)")
     parse.add_argument("--to", required=True, choices=sorted(EXPORTERS), help="the runtime")
     parse.add_argument("--int8", action="store_true", help="post-training int8 quantization")

@@ -39,6 +39,7 @@ from fedsim.export.runtime import Exporter, Predict, quiet, require
 
 INPUT, OUTPUT = "images", "logits"
 CALIBRATION_BATCH = 32
+EXPORTER = f"torch.onnx.export (dynamo), torch {torch.__version__}"
 QUANTIZATION = (
     "ONNX Runtime quantize_static, QDQ format: int8 weights per output channel (symmetric), "
     "uint8 activations per tensor (asymmetric), MinMax calibration"
@@ -117,7 +118,7 @@ class OnnxExporter(Exporter):
     ) -> dict[str, Any]:
         if calibration is None:
             self._export_float(model, example, path)
-            return {"exporter": f"torch.onnx.export (dynamo), torch {torch.__version__}"}
+            return {"exporter": EXPORTER}
         quantization = require("onnxruntime.quantization", "--int8 --to onnx")
         shape_inference = require("onnxruntime.quantization.shape_inference", "--int8 --to onnx")
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,12 +129,14 @@ class OnnxExporter(Exporter):
                 quantization.quantize_static(
                     str(prepared), str(path), _Batches(calibration),
                     quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                    # uint8 activations x int8 weights (U8S8): with int8 activations ONNX
+                    # Runtime left 15 of MobileNetV2's 52 convolutions in float on this x86 CPU.
                     activation_type=quantization.QuantType.QUInt8,
                     weight_type=quantization.QuantType.QInt8,
                     calibrate_method=quantization.CalibrationMethod.MinMax,
                 )
         return {
-            "exporter": f"torch.onnx.export (dynamo), torch {torch.__version__}",
+            "exporter": EXPORTER,
             "quantization": QUANTIZATION,
             "float_ops": float_ops(path),
         }
