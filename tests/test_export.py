@@ -40,10 +40,12 @@ INT8_FIELDS = {"quantization", "float_ops"}
 
 needs_onnx = pytest.mark.skipif(
     any(find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
-    reason="pip install -e '.[export]'",
+    reason="onnx, onnxruntime and onnxscript are optional (the export extra, part of .[test]): "
+    "pip install -e '.[export]'",
 )
 needs_executorch = pytest.mark.skipif(
-    find_spec("executorch") is None, reason="pip install -e '.[export]'"
+    find_spec("executorch") is None,
+    reason="executorch is optional (the export extra, part of .[test]): pip install -e '.[export]'",
 )
 
 
