@@ -12,10 +12,12 @@ server's :class:`fedsim.strategy.decode_updates.DecodeUpdates` turns it back int
 
 The shell honours a strategy's train config: FedProx's ``proximal-mu`` and optional
 ``local-epochs`` / ``batch-size`` / ``lr`` override the run's local recipe for that round. The
-server's device simulation (:mod:`fedsim.fleet.device_simulation`) sets the fine-tuning mode and batch
-size it chose for this phone under its memory budget (``fedsim.keys.FINETUNE_MODE``,
-``BATCH_SIZE``), and whether it distills (``fedsim.keys.DISTILL``, ``distill.where=client``):
-then the phone runs the teacher once over its shard, frees it, and trains against its logits.
+server's device simulation (:mod:`fedsim.fleet.device_simulation`) sets the fine-tuning mode,
+batch size and chunk it chose for this phone under its memory budget
+(``fedsim.keys.FINETUNE_MODE``, ``BATCH_SIZE``, ``CHUNK``: no pass over the whole shard runs
+more samples at once), and whether it distills (``fedsim.keys.DISTILL``,
+``distill.where=client``): then the phone runs the teacher once over its shard, frees it, and
+trains against its logits.
 """
 
 from __future__ import annotations
@@ -123,13 +125,15 @@ def _process_teacher(teacher: TeacherOnDevice) -> nn.Module:
     return _MODELS[teacher]
 
 
-def teacher_logits(env: ClientEnvironment, config: ConfigRecord, x: np.ndarray) -> torch.Tensor | None:
-    """The teacher's logits on the shard if the server told this phone to distill."""
+def teacher_logits(
+    env: ClientEnvironment, config: ConfigRecord, x: np.ndarray, chunk: int
+) -> torch.Tensor | None:
+    """The teacher's logits on the shard, ``chunk`` samples a pass, if told to distill."""
     if not int(config.get(keys.DISTILL, 0)):
         return None
     if env.teacher is None:
         raise RuntimeError("told to distill, but the run has no teacher (distill.where=client)")
-    return logits_of(_process_teacher(env.teacher), torch.from_numpy(x))
+    return logits_of(_process_teacher(env.teacher), torch.from_numpy(x), chunk)
 
 
 def recipe_for_round(base: LocalRecipe, config: ConfigRecord) -> LocalRecipe:
@@ -139,6 +143,7 @@ def recipe_for_round(base: LocalRecipe, config: ConfigRecord) -> LocalRecipe:
         "epochs": keys.LOCAL_EPOCHS,
         "batch_size": keys.BATCH_SIZE,
         "lr": keys.LEARNING_RATE,
+        "chunk": keys.CHUNK,
     }
     changes = {
         field: type(getattr(base, field))(config[key])
@@ -219,11 +224,11 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     started = time.perf_counter()
     gradient = None
     if env.update.kind == GRADIENT:
-        step = full_batch_gradient(model, torch.from_numpy(x), torch.from_numpy(y))
+        step = full_batch_gradient(model, torch.from_numpy(x), torch.from_numpy(y), recipe.chunk)
         gradient = {name: g.numpy() for name, g in step.gradient.items()}
         result = LocalResult(step.mean_loss, step.passes, step.num_examples)
     else:
-        soft = teacher_logits(env, config, x)  # on the phone: part of its compute time
+        soft = teacher_logits(env, config, x, recipe.chunk)  # on the phone: its compute time
         result = train_in_mode(
             model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, soft, env.kd
         )

@@ -49,6 +49,7 @@ QUANTIZED_OPS = ("conv2d", "linear")
 # Bytes an int8 runtime stores per output channel besides the int8 weights: an fp32 scale and
 # an int32 zero point (torch keeps them as float64 / int64 in the packed tensor; a phone does not).
 CHANNEL_QPARAM_BYTES = 4 + 4
+CALIBRATION_BATCH = 64  # samples per calibration pass, at most (a phone short of RAM runs fewer)
 
 
 def affine_qparams(
@@ -157,7 +158,9 @@ class FakeQuantMode(TorchFunctionMode):
         return fake_quantize_activation(out, *self.ranges[layer])
 
 
-def quantize_backbone(backbone: nn.Module, calibration: Tensor, batch_size: int = 64) -> nn.Module:
+def quantize_backbone(
+    backbone: nn.Module, calibration: Tensor, batch_size: int = CALIBRATION_BATCH
+) -> nn.Module:
     """A post-training-quantised int8 copy of ``backbone``, calibrated on ``calibration``.
 
     FX graph-mode PTQ with the default qconfig of the current quantised engine
@@ -177,11 +180,12 @@ def quantize_backbone(backbone: nn.Module, calibration: Tensor, batch_size: int 
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    float_copy = copy.deepcopy(backbone).eval()  # PTQ fuses BatchNorm with running statistics
     qconfig = get_default_qconfig_mapping(torch.backends.quantized.engine)
     with warnings.catch_warnings():  # torch 2.x deprecates FX PTQ in favour of torchao
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(float_copy, qconfig, (calibration[:1],))
+        # PTQ fuses BatchNorm with running statistics (eval mode). No name keeps the copy: once
+        # fused, its unfused layers are freed, so calibration holds one float copy, not two.
+        prepared = prepare_fx(copy.deepcopy(backbone).eval(), qconfig, (calibration[:1],))
         with torch.no_grad():
             for start in range(0, len(calibration), batch_size):
                 prepared(calibration[start : start + batch_size])

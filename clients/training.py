@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clients.distillation import KDLoss
-from clients.finetune.base import FineTuneMode
+from clients.finetune.base import PASS_CHUNK, FineTuneMode
 from clients.sgd import MomentumSGD
 
 
@@ -36,6 +36,10 @@ class LocalRecipe:
     momentum: float = 0.0
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
+    # Most samples one pass over the whole shard may run at once (frozen features, int8
+    # calibration, teacher logits, the full-batch gradient's chunks): the server's memory
+    # budget sets it per phone (fedsim.fleet.round_memory), as it sets the batch size.
+    chunk: int = PASS_CHUNK
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,8 @@ def train_in_mode(
     frozen backbone (which ``train_locally``'s ``model.train()`` would undo);
     ``mode.trained_part`` says which module the SGD loop steps and on what (the whole model on
     the shard; or the classifier on a frozen, possibly int8, backbone's features, computed
-    once with ``cache_features``); ``mode.running`` is the context the loop runs in (fake
+    once with ``cache_features``, ``recipe.chunk`` samples a pass); ``mode.running`` is the
+    context the loop runs in (fake
     quantisation for ``qat``; leaving it leaves a plain float model with unchanged parameter
     names). See :mod:`clients.finetune` for each mode.
 
@@ -165,6 +170,6 @@ def train_in_mode(
         As ``train_locally``'s: ``steps`` and ``num_examples`` do not depend on the mode.
     """
     mode.prepare(model)
-    trained, inputs = mode.trained_part(model, x)
+    trained, inputs = mode.trained_part(model, x, recipe.chunk)
     with mode.running(model):
         return _sgd(trained, inputs, y, recipe, generator, teacher_logits, kd)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.finetune.base import PASS_CHUNK
 from fedsim.attacks.byzantine import ByzantineBehaviour
 from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import compress_with_feedback
@@ -30,10 +31,6 @@ from fedsim.updates import DELTA, GRADIENT, WEIGHTS, UpdateRule
 
 Update = dict[str, np.ndarray]
 
-# Samples per forward/backward pass of the full-batch gradient: bounds activation memory on
-# large shards. Without batch-statistics layers the summed gradient is the full-batch one;
-# with BatchNorm each chunk normalises by its own statistics, as in gradient accumulation.
-GRADIENT_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -47,9 +44,14 @@ class GradientResult:
 
 
 def full_batch_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = GRADIENT_CHUNK
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = PASS_CHUNK
 ) -> GradientResult:
     """The gradient of ``mean_i loss(x_i, y_i)`` over the whole shard, at the model's weights.
+
+    ``chunk`` samples per forward/backward pass bound the activation memory on large shards
+    (the server's budget picks it per phone: ``LocalRecipe.chunk``). Without batch-statistics
+    layers the summed gradient is the full-batch one; with BatchNorm each chunk normalises by
+    its own statistics, as in gradient accumulation.
 
     The model runs in training mode (dropout active, BatchNorm running statistics updated by
     the forward passes), as in the first step of local training. Each chunk's summed loss is

@@ -242,7 +242,10 @@ def _parse(cfg: DictConfig, node: str, schema_type: type) -> Any:
         raise ConfigError(f"{node}: missing from the config")
     try:
         schema = _writable(OmegaConf.structured(schema_type))
-        merged = OmegaConf.merge(schema, cfg[node])
+        OmegaConf.merge(schema, cfg[node])  # unknown keys and wrong literals, named as written
+        # Then the values, resolved against the whole config: one may interpolate another group
+        # (``simulation.local.lr: ${pretrain.client_lr}``), which a detached node cannot see.
+        merged = OmegaConf.merge(schema, OmegaConf.to_container(cfg[node], resolve=True))
         return OmegaConf.to_object(merged)  # runs __post_init__ range checks
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or node

@@ -48,5 +48,8 @@ PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload siz
 # The fine-tuning mode the server's memory-budget policy chose for this phone this round; the
 # batch size it chose travels as BATCH_SIZE above.
 FINETUNE_MODE = "fedsim.finetune-mode"
+# Most samples a pass over the whole shard may run at once (frozen features, calibration,
+# teacher logits, gradient chunks), chosen with the batch so the whole client-round fits.
+CHUNK = "fedsim.chunk"
 CACHE_FEATURES = "fedsim.cache-features"  # head / int8_head: run the frozen backbone once
 DISTILL = "fedsim.distill"  # 1: train against the teacher's logits on the shard (distill.where=client)

@@ -2,24 +2,31 @@
 
 import pytest
 
-from fedsim.fleet.budget import MemoryBudget, TrainPlan, fallback_modes, halved_batches
+from fedsim.fleet.budget import (
+    MemoryBudget,
+    TrainPlan,
+    fallback_modes,
+    fit_chunk,
+    halved_batches,
+)
 from fedsim.errors import ConfigError
 
 PER_SAMPLE = {"full": 10, "bias": 6, "head": 1}
 
 
-def estimate(mode: str, batch_size: int) -> int:
-    return PER_SAMPLE[mode] * batch_size
+def estimate(mode: str, batch_size: int, chunk: int = 256) -> int:
+    return PER_SAMPLE[mode] * batch_size  # no pass over the shard: the chunk changes nothing
 
 
 class Recording:
-    """The estimate, remembering every (mode, batch) it was asked about."""
+    """The estimate, remembering every (mode, batch) it was asked about (at the first chunk)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
 
-    def __call__(self, mode: str, batch_size: int) -> int:
-        self.calls.append((mode, batch_size))
+    def __call__(self, mode: str, batch_size: int, chunk: int = 256) -> int:
+        if chunk == 256:
+            self.calls.append((mode, batch_size))
         return estimate(mode, batch_size)
 
 
@@ -97,3 +104,33 @@ def test_bad_budget_config_names_the_key(kwargs, key):
 def test_unknown_mode_refused():
     with pytest.raises(ConfigError, match="finetune.mode"):
         MemoryBudget("adapt").plan(estimate, 100, "turbo", 8)
+
+
+def pass_estimate(mode: str, batch_size: int, chunk: int) -> int:
+    """A training step of 10 a sample, and a pass over the shard of 1 a sample."""
+    return max(10 * batch_size, chunk)
+
+
+def test_a_pass_too_large_gets_the_largest_halved_chunk_that_fits_under_either_policy():
+    # head@8: the step needs 80, the 256-sample pass 256; 100 bytes fit a 64-sample pass.
+    for policy in ("strict", "adapt"):
+        plan = MemoryBudget(policy).plan(pass_estimate, 100, "head", 8)
+        assert plan == TrainPlan("head", 8, 80, 64)
+    plan = MemoryBudget("strict").plan(pass_estimate, 300, "head", 8)
+    assert plan == TrainPlan("head", 8, 256, 256)
+    # The chunk never goes below the batch: at 79 bytes, head@8 does not fit at all.
+    assert MemoryBudget("strict").plan(pass_estimate, 79, "head", 8) is None
+
+
+def test_fit_chunk_halves_past_a_shard_smaller_than_the_chunk():
+    asked: list[int] = []
+
+    def need(chunk: int) -> int:
+        asked.append(chunk)
+        return min(chunk, 100)  # a shard of 100 samples: chunks above it all cost 100
+
+    assert fit_chunk(need, 64, 256, 8) == (64, 64)
+    assert asked == [256, 128, 64]
+    asked.clear()
+    assert fit_chunk(need, 7, 256, 8) is None  # a pass of 8 needs 8: nothing fits
+    assert asked == [256, 128, 64, 32, 16, 8]

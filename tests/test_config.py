@@ -26,7 +26,7 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     ]
     assert options("norm") == ["batch", "group", "none"]
     assert options("privacy") == ["central_dp", "central_dp_adaptive", "local_dp", "none"]
-    assert options("audit") == ["membership", "none"]
+    assert options("audit") == ["example", "membership", "none"]
     assert options("logger") == ["mlflow", "none", "tensorboard"]
     assert options("strategy") == sorted(
         "fedavg fedprox fedadam fedadagrad fedyogi fedavgm fedmedian fedtrimmedavg krum "
@@ -99,6 +99,26 @@ def test_every_privacy_option_prepares_with_a_norm_it_can_protect(privacy: str) 
 def test_dp_with_batch_norm_is_refused_by_name(privacy: str) -> None:
     with pytest.raises(ConfigError, match="^norm: privacy=.* cannot protect BatchNorm"):
         prepare(make_cfg(f"privacy={privacy}", "norm=batch"))
+
+
+@pytest.mark.parametrize("finetune", ["head", "int8_head"])
+def test_dp_with_batch_norm_is_allowed_when_its_statistics_never_leave_the_phone(
+    finetune: str,
+) -> None:
+    # Only the classifier travels: the backbone's statistics are the server's (public) ones.
+    prepared = prepare(make_cfg(
+        "privacy=central_dp", "norm=batch", f"finetune={finetune}", "pretrain=proxy"
+    ))
+    assert "BatchNorm2d" in {type(m).__name__ for m in prepared.builder().modules()}
+
+
+def test_dp_with_batch_norm_is_refused_when_a_fallback_mode_uploads_statistics() -> None:
+    # budget.policy=adapt may fall back from head to bias, which uploads the statistics.
+    with pytest.raises(ConfigError, match="cannot protect BatchNorm .* finetune=head/bias"):
+        prepare(make_cfg(
+            "privacy=central_dp", "norm=batch", "finetune=head", "budget.policy=adapt",
+            "budget.fallback=[head,bias]",
+        ))
 
 
 @pytest.fixture(scope="module")

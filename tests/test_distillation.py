@@ -334,7 +334,9 @@ def test_phones_that_cannot_hold_the_teacher_train_without_it_and_the_record_say
     tiers = sim.settle(1, messages, replies).tiers
     assert tiers["small"]["no_kd"] == {"memory": len(small)}
     assert tiers["small"]["trained"] == {"full@8": len(small)}
-    assert tiers["big"]["trained"] == {"full@8+kd": 20 - len(small)}
+    # The wide teacher's pass over a 20-sample shard does not fit "big" phones at once: the
+    # budget halves it to 16 samples a pass (fedsim.fleet.round_memory), and the label says so.
+    assert tiers["big"]["trained"] == {"full@8+kd chunk=16": 20 - len(small)}
     assert "no_kd" not in tiers["big"]
 
 

@@ -1,4 +1,4 @@
-"""Client-level membership inference: ROC, AUC, low-FPR TPR and the DP bound, by hand."""
+"""Membership inference: ROC, AUC, low-FPR TPR, resolvable FPRs and the DP bound, by hand."""
 
 import math
 
@@ -8,11 +8,14 @@ from sklearn import metrics
 
 from fedsim.privacy.membership import (
     MembershipReport,
+    OperatingPoint,
     auc,
     client_score,
     dp_tpr_bound,
+    group_guarantee,
     membership_report,
     plot_roc,
+    resolvable,
     roc_curve,
     tpr_at_fpr,
 )
@@ -80,19 +83,49 @@ def test_client_score_is_negative_mean_loss() -> None:
 
 
 def test_membership_report_by_hand(tmp_path) -> None:
-    report = membership_report(MEMBERS, NONMEMBERS, epsilon=1.0, delta=0.01)
-    assert report == MembershipReport(
-        auc=pytest.approx(7.5 / 9),
-        tpr_at_1pct=pytest.approx(1 / 3),
-        tpr_at_01pct=pytest.approx(1 / 3),
-        bound_at_1pct=pytest.approx(math.e * 0.01 + 0.01),
-        bound_at_01pct=pytest.approx(math.e * 0.001 + 0.01),
-        members=3,
-        nonmembers=3,
-    )
+    # 3 non-members: FPR moves in steps of 1/3, so 0.5 is resolvable and 0.01 is not.
+    report = membership_report(MEMBERS, NONMEMBERS, epsilon=1.0, delta=0.01, fprs=(0.5, 0.01))
+    assert report.auc == pytest.approx(7.5 / 9)
+    assert report.auc_ci[0] <= report.auc <= report.auc_ci[1]
+    half, low = report.points
+    assert half.tpr == 1.0  # vertex (1/3, 1) is the last with FPR <= 0.5
+    assert half.bound == pytest.approx(1 - 0.49 / math.e)  # 1 - e^-1 (1 - 0.01 - 0.5)
+    assert low.tpr is None and low.tpr_ci is None  # not read at FPR 0
+    assert low.bound == pytest.approx(math.e * 0.01 + 0.01)
+    fields = report.fields()
+    assert fields["mia_tpr_at_fpr_0.01"] is None and fields["mia_tpr_at_fpr_0.5"] == 1.0
+    assert fields["mia_min_resolvable_fpr"] == pytest.approx(1 / 3)
+    assert (fields["mia_members"], fields["mia_nonmembers"]) == (3, 3)
+    assert (fields["mia_bound_epsilon"], fields["mia_bound_delta"]) == (1.0, 0.01)
     path = tmp_path / "roc.png"
-    plot_roc({"hand": roc_curve(MEMBERS, NONMEMBERS)}, path, epsilon=1.0, delta=0.01)
+    plot_roc({"hand": roc_curve(MEMBERS, NONMEMBERS)}, path, bound=(1.0, 0.01))
     assert path.stat().st_size > 0
+
+
+def test_an_fpr_is_resolvable_from_one_over_n_nonmembers() -> None:
+    assert resolvable(0.01, 100) and not resolvable(0.01, 99)
+    assert resolvable(0.001, 1000) and not resolvable(0.001, 360)
+    assert resolvable(0.01, 360)  # the digits test split resolves 1 % but not 0.1 %
+
+
+def test_within_bound_compares_the_intervals_lower_end() -> None:
+    def report(*points: OperatingPoint) -> MembershipReport:
+        return MembershipReport(0.5, (0.4, 0.6), points, 100, 100, 1.0, 0.0)
+
+    above_but_noisy = OperatingPoint(0.01, 0.05, (0.02, 0.08), bound=0.0272)
+    clearly_above = OperatingPoint(0.01, 0.20, (0.15, 0.25), bound=0.0272)
+    unresolved = OperatingPoint(0.001, None, None, bound=0.00272)
+    assert report(above_but_noisy, unresolved).within_bound() is True
+    assert report(clearly_above, unresolved).within_bound() is False
+    assert report(unresolved).within_bound() is None
+
+
+def test_group_privacy_of_two_doubles_epsilon() -> None:
+    # P(D0) <= e P(D1) + d <= e (e P(D2) + d) + d: (2, (1 + e) d) for eps = 1.
+    assert group_guarantee(1.0, 0.01, 2) == pytest.approx((2.0, (1 + math.e) * 0.01))
+    assert group_guarantee(1.0, 0.01, 1) == (1.0, 0.01)
+    assert group_guarantee(900.0, 1e-5, 2) == (1800.0, 1.0)  # delta capped, no overflow
+    assert group_guarantee(math.inf, 0.01, 2)[0] == math.inf
 
 
 def test_dp_bound_of_a_huge_epsilon_is_one_not_an_overflow() -> None:

@@ -207,5 +207,5 @@ def test_yaml_options_instantiate(monkeypatch: pytest.MonkeyPatch) -> None:
     off = instantiate(OmegaConf.load(CONF / "none.yaml"))
     on = instantiate(OmegaConf.load(CONF / "proxy.yaml"))
     assert isinstance(off, Pretraining) and not off.enabled
-    assert on.enabled and (on.fraction, on.epochs, on.seed) == (0.1, 10, 0)
+    assert on.enabled and (on.fraction, on.epochs, on.seed) == (0.1, 50, 0)
     assert on.cache_dir == "/tmp/fedsim-cache/pretrain"

@@ -134,5 +134,7 @@ def test_config_errors_are_one_line_and_name_the_key() -> None:
         assert str(err.value).startswith(f"{key}: ") and "\n" not in str(err.value)
 
 
-def test_default_delta_is_one_over_population() -> None:
-    assert default_delta(100) == 0.01
+def test_default_delta_is_population_to_the_minus_1_1() -> None:
+    assert default_delta(100) == pytest.approx(0.0063096, rel=1e-4)  # 100^-1.1 < 1/100
+    assert default_delta(10**6) == pytest.approx(2.512e-7, rel=1e-3)
+    assert default_delta(20) == pytest.approx(0.037057, rel=1e-4)

@@ -19,7 +19,7 @@ package, a row in :data:`MODES` and a ``conf/finetune/<name>.yaml``.
 
 from __future__ import annotations
 
-from clients.finetune.base import MODES, FineTuneMode, mode_class, pooled_features
+from clients.finetune.base import MODES, PASS_CHUNK, FineTuneMode, mode_class, pooled_features
 from clients.finetune.bias import Bias
 from clients.finetune.full import Full
 from clients.finetune.head import Head
@@ -37,6 +37,7 @@ def mode_named(name: str, cache_features: bool = True) -> FineTuneMode:
 
 
 __all__ = [
-    "MODES", "Bias", "FineTuneMode", "Full", "Head", "Int8Head", "Qat", "mode_class", "mode_named",
+    "MODES", "PASS_CHUNK", "Bias", "FineTuneMode", "Full", "Head", "Int8Head", "Qat", "mode_class",
+    "mode_named",
     "pooled_features",
 ]

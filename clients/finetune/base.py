@@ -37,7 +37,10 @@ MODES: dict[str, type[FineTuneMode]] = {}
 
 HEAD_MODULE = "classifier"  # the seam of fedsim.models.layers.FeaturesClassifier: features | head
 HEAD_PREFIX = f"{HEAD_MODULE}."
-FEATURE_BATCH = 256  # samples per no-grad backbone pass when computing features
+# Samples per pass over the whole shard (frozen features, teacher logits, the full-batch
+# gradient) unless the server's memory budget tells the phone fewer (``LocalRecipe.chunk``):
+# such a pass costs memory in proportion to its size, not to the training batch.
+PASS_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,12 @@ class FineTuneMode:
                     child.eval()
 
     def trained_part(
-        self, model: nn.Module, x: torch.Tensor
+        self, model: nn.Module, x: torch.Tensor, chunk: int = PASS_CHUNK
     ) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
         """The module the SGD loop steps, and what it feeds it (called once per epoch).
 
-        Here the whole model on the shard itself.
+        Here the whole model on the shard itself. ``chunk`` is the most samples a pass over
+        the whole shard (a frozen backbone's features) may run at once.
         """
         return model, lambda: x
 
@@ -160,11 +164,18 @@ def head_names(model: nn.Module) -> set[str]:
 
 
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pooled_features(backbone: nn.Module, x: torch.Tensor, chunk: int = PASS_CHUNK) -> torch.Tensor:
     """``(N, C)`` pooled backbone features of ``x``, the classifier's input in
-    ``FeaturesClassifier.forward``; computed without autograd, ``FEATURE_BATCH`` at a time."""
-    chunks = [
-        torch.flatten(F.adaptive_avg_pool2d(backbone(x[i : i + FEATURE_BATCH]), 1), 1)
-        for i in range(0, len(x), FEATURE_BATCH)
-    ]
-    return torch.cat(chunks)  # (N, C)
+    ``FeaturesClassifier.forward``; computed without autograd, ``chunk`` samples at a time.
+
+    Each chunk's features are written into one preallocated ``(N, C)`` tensor, so the phone
+    holds the shard's features once (concatenating a list of chunks would hold them twice).
+    """
+    features: torch.Tensor | None = None
+    for i in range(0, len(x), chunk):
+        pooled = torch.flatten(F.adaptive_avg_pool2d(backbone(x[i : i + chunk]), 1), 1)
+        if features is None:
+            features = pooled.new_empty((len(x), pooled.shape[1]))  # (N, C)
+        features[i : i + len(pooled)] = pooled
+    assert features is not None, "an empty shard has no features"
+    return features

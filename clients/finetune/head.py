@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from clients.finetune.base import FineTuneMode, head_names, pooled_features
+from clients.finetune.base import PASS_CHUNK, FineTuneMode, head_names, pooled_features
 
 
 class Head(FineTuneMode):
@@ -34,11 +34,11 @@ class Head(FineTuneMode):
         return head_names(model)
 
     def trained_part(
-        self, model: nn.Module, x: torch.Tensor
+        self, model: nn.Module, x: torch.Tensor, chunk: int = PASS_CHUNK
     ) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
-        """The classifier on the backbone's features computed once, or (uncached) the whole
-        model on the shard, its backbone in eval mode."""
+        """The classifier on the backbone's features computed once, ``chunk`` samples a pass,
+        or (uncached) the whole model on the shard, its backbone in eval mode."""
         if not self.cache_features:
             return model, lambda: x
-        features = pooled_features(model.features, x)  # (N, C)
+        features = pooled_features(model.features, x, chunk)  # (N, C)
         return model.classifier, lambda: features

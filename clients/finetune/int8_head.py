@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from clients.finetune.base import pooled_features
+from clients.finetune.base import PASS_CHUNK, pooled_features
 from clients.finetune.head import Head
-from clients.quantize import quantize_backbone
+from clients.quantize import CALIBRATION_BATCH, quantize_backbone
 
 
 class Int8Head(Head):
@@ -26,11 +26,15 @@ class Int8Head(Head):
     int8_backbone = True
 
     def trained_part(
-        self, model: nn.Module, x: torch.Tensor
+        self, model: nn.Module, x: torch.Tensor, chunk: int = PASS_CHUNK
     ) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
-        """The classifier, on the int8 backbone's features of the shard."""
-        backbone = quantize_backbone(model.features, x)
+        """The classifier, on the int8 backbone's features of the shard.
+
+        Calibration and the feature passes run at most ``chunk`` samples at once (calibration
+        at most ``CALIBRATION_BATCH``, so that its histograms do not depend on the phone).
+        """
+        backbone = quantize_backbone(model.features, x, min(CALIBRATION_BATCH, chunk))
         if self.cache_features:
-            features = pooled_features(backbone, x)  # (N, C)
+            features = pooled_features(backbone, x, chunk)  # (N, C)
             return model.classifier, lambda: features
-        return model.classifier, lambda: pooled_features(backbone, x)
+        return model.classifier, lambda: pooled_features(backbone, x, chunk)

@@ -9,13 +9,14 @@ same (:class:`fedsim.fleet.device_simulation.DeviceSimulation` runs them in this
    Federated Learning at Scale", SysML 2019: phones train only then). Otherwise it is dropped
    as ``offline``.
 2. **memory** (:func:`memory_gate`) -- the budget policy (:class:`fedsim.fleet.budget.MemoryBudget`)
-   checks the training step's estimated memory (:func:`fedsim.fleet.memory.estimate_train_memory`,
-   shapes only) against the tier's RAM: ``strict`` drops a phone that does not fit as ``oom``;
-   ``adapt`` halves its batch and falls back to cheaper fine-tuning modes. The chosen mode and
-   batch travel to the phone in its message.
+   checks the estimated peak of the whole client-round (:mod:`fedsim.fleet.round_memory`,
+   shapes only: training steps, and passes over the shard of at most ``chunk`` samples)
+   against the tier's RAM: a chunk too large is halved; ``strict`` drops a phone whose mode and
+   batch do not fit as ``oom``; ``adapt`` halves its batch and falls back to cheaper
+   fine-tuning modes. The chosen mode, batch and chunk travel to the phone in its message.
 3. **teacher** (:func:`teacher_gate`) -- with ``distill.where=client`` a phone distills only if
-   the teacher's inference (:func:`fedsim.fleet.memory.estimate_inference_memory`) fits in its
-   RAM and the teacher's download and FLOPs over its shard still let it meet the deadline;
+   its round with the teacher's pass over the shard still fits in its RAM (at a chunk halved
+   if need be) and the teacher's download and FLOPs still let it meet the deadline;
    otherwise it trains with plain cross-entropy and its tier's ``no_kd`` says why (``memory``
    or ``deadline``).
 4. **predicted deadline** (:func:`misses_deadline`) -- a phone whose download and compute alone
@@ -29,9 +30,10 @@ same (:class:`fedsim.fleet.device_simulation.DeviceSimulation` runs them in this
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fedsim.fleet.budget import MemoryBudget, TrainPlan
+from clients.finetune import PASS_CHUNK
+from fedsim.fleet.budget import MemoryBudget, TrainPlan, fit_chunk
 from fedsim.fleet.clock import ClientCost
 from fedsim.fleet.profile import DeviceProfile
 
@@ -51,9 +53,11 @@ class Admission:
 
     @property
     def label(self) -> str:
-        """``mode@batch`` (``+kd`` when distilling), as the round record counts trained phones."""
+        """``mode@batch`` (``+kd`` when distilling, `` chunk=c`` when its passes over the shard
+        had to be smaller than ``PASS_CHUNK``), as the round record counts trained phones."""
         assert self.plan is not None
-        return f"{self.plan.mode}@{self.plan.batch_size}" + ("+kd" if self.distill else "")
+        label = f"{self.plan.mode}@{self.plan.batch_size}" + ("+kd" if self.distill else "")
+        return label + (f" chunk={self.plan.chunk}" if self.plan.chunk < PASS_CHUNK else "")
 
 
 def ram_bytes(profile: DeviceProfile) -> int:
@@ -62,12 +66,12 @@ def ram_bytes(profile: DeviceProfile) -> int:
 
 
 def memory_gate(
-    budget: MemoryBudget, estimate: Callable[[str, int], int], profile: DeviceProfile, mode: str,
-    batch_size: int,
+    budget: MemoryBudget, estimate: Callable[[str, int, int], int], profile: DeviceProfile,
+    mode: str, batch_size: int,
 ) -> TrainPlan | None:
-    """The mode and batch the budget policy lets this tier train; ``None``: none fits (``oom``).
+    """The mode, batch and chunk the budget policy lets this tier run; ``None``: ``oom``.
 
-    ``estimate`` is ``(mode name, batch) -> bytes`` of one training step.
+    ``estimate`` is ``(mode name, batch, chunk) -> bytes`` at the peak of the client-round.
     """
     return budget.plan(estimate, ram_bytes(profile), mode, batch_size)
 
@@ -78,15 +82,18 @@ def misses_deadline(cost: ClientCost, deadline_s: float | None) -> bool:
 
 
 def teacher_gate(
-    teacher_memory_bytes: int, ram: int, with_teacher: Callable[[], ClientCost],
-    deadline_s: float | None,
-) -> tuple[bool, str | None]:
-    """Whether a phone can afford the teacher; if not, why (``memory`` / ``deadline``).
+    plan: TrainPlan, need_with_teacher: Callable[[int], int], ram: int,
+    with_teacher: Callable[[], ClientCost], deadline_s: float | None,
+) -> tuple[TrainPlan, bool, str | None]:
+    """Whether a phone can afford the teacher: the plan it runs, and if not, why.
 
     Parameters
     ----------
-    teacher_memory_bytes : int
-        The teacher's no-grad forward at the phone's batch size.
+    plan : TrainPlan
+        What the memory gate admitted, without the teacher.
+    need_with_teacher : callable
+        ``chunk -> bytes`` at the peak of the round that also runs the teacher over the shard;
+        the chunk may be halved (not below the batch) for the teacher's pass to fit.
     ram : int
         The phone's RAM for training, bytes.
     with_teacher : callable
@@ -94,9 +101,16 @@ def teacher_gate(
         computed when its memory fits).
     deadline_s : float or None
         The round's deadline.
+
+    Returns
+    -------
+    tuple
+        The plan (with the chunk and peak of the distilling round if it distills), whether it
+        distills, and why not (``memory`` / ``deadline``) or ``None``.
     """
-    if teacher_memory_bytes > ram:
-        return False, "memory"
+    fit = fit_chunk(need_with_teacher, ram, plan.chunk, plan.batch_size)
+    if fit is None:
+        return plan, False, "memory"
     if misses_deadline(with_teacher(), deadline_s):
-        return False, "deadline"
-    return True, None
+        return plan, False, "deadline"
+    return replace(plan, chunk=fit[0], memory_bytes=fit[1]), True, None

@@ -1,11 +1,16 @@
-"""Whether a training step fits in a phone's memory budget, and what to train if it does not.
+"""Whether a client-round fits in a phone's memory budget, and what to train if it does not.
 
 The phone's budget is its tier's RAM for training (``DeviceProfile.ram_mb``); the estimate is
-:func:`fedsim.fleet.memory.estimate_train_memory`, a pure function of shapes. Two policies
-(``budget.policy``):
+the peak of the whole client-round (:mod:`fedsim.fleet.round_memory`), a pure function of
+shapes. A plan is a mode, a batch and a *chunk*: the most samples any pass over the whole
+shard may run at once (frozen features, calibration, teacher logits, gradient chunks). The
+chunk is the phone's own affair -- it changes memory and speed, not what is learned (but for
+BatchNorm statistics of gradient chunks) -- so under either policy a mode and batch whose
+passes do not fit at :data:`clients.finetune.PASS_CHUNK` samples get the largest halved chunk
+that fits, never below the batch (:func:`fit_chunk`). Two policies (``budget.policy``):
 
-- ``strict``: train the requested mode and batch if the estimate fits, else do not train (the
-  server records the phone as dropped with reason ``oom``).
+- ``strict``: train the requested mode and batch if the round fits at some chunk, else do not
+  train (the server records the phone as dropped with reason ``oom``).
 - ``adapt``: halve the batch until it fits, but not below ``min_batch_size``; then fall back to
   cheaper fine-tuning modes, in ``fallback`` order, each again with the batch-halving. The
   floor exists because BatchNorm's batch statistics become unreliable below about 8 samples
@@ -23,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from clients.finetune import MODES, mode_class
+from clients.finetune import MODES, PASS_CHUNK, mode_class
 from fedsim.errors import ConfigError
 
 POLICIES = ("strict", "adapt")
@@ -31,11 +36,13 @@ POLICIES = ("strict", "adapt")
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What a phone trains: the mode, the batch size, and the estimated peak bytes."""
+    """What a phone trains: the mode, the batch size, the estimated peak bytes of its round,
+    and the most samples a pass over its whole shard may run at once."""
 
     mode: str
     batch_size: int
     memory_bytes: int
+    chunk: int = PASS_CHUNK
 
 
 def halved_batches(batch_size: int, min_batch_size: int) -> Iterator[int]:
@@ -48,6 +55,22 @@ def halved_batches(batch_size: int, min_batch_size: int) -> Iterator[int]:
     while b >= min_batch_size:
         yield b
         b //= 2
+
+
+def fit_chunk(
+    need: Callable[[int], int], budget_bytes: int, chunk: int, floor: int
+) -> tuple[int, int] | None:
+    """The largest of ``chunk, chunk // 2, ...`` (not below ``floor``) whose ``need`` fits.
+
+    Returns ``(chunk, bytes)``, or ``None``: no chunk fits. Every halving is tried even when
+    one saves nothing (a shard smaller than two chunks runs both as one pass): at most
+    ``log2(chunk / floor)`` estimates, each cached per pass size.
+    """
+    for c in halved_batches(chunk, floor):
+        bytes_ = int(need(c))
+        if bytes_ <= budget_bytes:
+            return c, bytes_
+    return None
 
 
 def fallback_modes(mode: str, fallback: Sequence[str]) -> list[str]:
@@ -95,18 +118,22 @@ class MemoryBudget:
         self.min_batch_size = int(min_batch_size)
 
     def plan(
-        self, estimate: Callable[[str, int], int], budget_bytes: int, mode: str, batch_size: int
+        self, estimate: Callable[[str, int, int], int], budget_bytes: int, mode: str,
+        batch_size: int, chunk: int = PASS_CHUNK,
     ) -> TrainPlan | None:
-        """The first ``(mode, batch)`` whose estimate fits ``budget_bytes``; ``None``: none fits.
+        """The first ``(mode, batch)`` whose round fits ``budget_bytes`` at some chunk (the
+        largest that fits, :func:`fit_chunk`); ``None``: none fits.
 
         Parameters
         ----------
         estimate : callable
-            ``(mode, batch_size) -> bytes`` of one training step.
+            ``(mode, batch_size, chunk) -> bytes`` at the peak of the client-round.
         budget_bytes : int
             The phone's memory for training.
         mode, batch_size : str, int
             What the run asks for.
+        chunk : int
+            The largest pass over the shard a phone runs.
         """
         mode_class(mode)  # an unknown name: a one-line ConfigError on finetune.mode
         if self.policy == "strict":
@@ -118,9 +145,9 @@ class MemoryBudget:
                 for b in halved_batches(batch_size, self.min_batch_size)
             )
         for m, b in candidates:
-            need = int(estimate(m, b))
-            if need <= budget_bytes:
-                return TrainPlan(mode=m, batch_size=b, memory_bytes=need)
+            fit = fit_chunk(lambda c, m=m, b=b: estimate(m, b, c), budget_bytes, chunk, b)
+            if fit is not None:
+                return TrainPlan(mode=m, batch_size=b, memory_bytes=fit[1], chunk=fit[0])
         return None
 
     def __repr__(self) -> str:

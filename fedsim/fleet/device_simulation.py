@@ -9,8 +9,8 @@ After the replies, :meth:`DeviceSimulation.settle` hands them to the pure settle
 the simulated time.
 
 What the shell holds is state only: the simulated time, the current round's admissions, and
-caches of the shape-only cost models per (mode, batch) -- memory
-(:func:`fedsim.fleet.memory.estimate_train_memory`) and FLOPs
+caches of the shape-only cost models -- the memory of a whole client-round
+(:class:`fedsim.fleet.round_memory.ClientRoundMemory`, traced once per pass size) and FLOPs
 (:func:`fedsim.fleet.flops.train_cost`) -- which are pure functions of their arguments.
 """
 
@@ -22,14 +22,14 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 from torch import nn
 
-from clients.finetune import FineTuneMode, Full, mode_named
+from clients.finetune import PASS_CHUNK, FineTuneMode, Full, mode_named
 from fedsim import keys
 from fedsim.fleet.admission import Admission, memory_gate, misses_deadline, ram_bytes, teacher_gate
 from fedsim.fleet.budget import MemoryBudget, TrainPlan
 from fedsim.fleet.clock import ClientCost, client_round_cost
 from fedsim.fleet.fleet import Fleet
 from fedsim.fleet.flops import count_flops, train_cost
-from fedsim.fleet.memory import estimate_inference_memory, estimate_train_memory
+from fedsim.fleet.round_memory import ClientRoundMemory
 from fedsim.fleet.settlement import DeviceRound, settle
 
 
@@ -103,9 +103,8 @@ class DeviceSimulation:
         self.sim_time_s = 0.0  # at the start of the round being run
         self._round: int | None = None
         self._admissions: dict[int, Admission] = {}
-        self._memory: dict[tuple[str, int], int] = {}
+        self._memory = ClientRoundMemory(model, input_shape, teacher)
         self._flops: dict[tuple[str, int], tuple[int, int]] = {}
-        self._teacher_memory: dict[int, int] = {}
         self._teacher_flops: int | None = None
 
     # --- cached shape-only cost models ----------------------------------------------------------
@@ -127,14 +126,19 @@ class DeviceSimulation:
         """The mode ``name`` stands for in this run (with the run's ``cache_features``)."""
         return mode_named(name, cache_features=self.finetune.cache_features)
 
-    def memory_bytes(self, mode: str, batch_size: int) -> int:
-        """Estimated bytes of one training step (cached: a pure function of its arguments)."""
-        if (mode, batch_size) not in self._memory:
-            estimate = estimate_train_memory(
-                self.model, self.input_shape, batch_size, self.mode(mode)
-            )
-            self._memory[mode, batch_size] = estimate.total
-        return self._memory[mode, batch_size]
+    def memory_bytes(
+        self, mode: str, batch_size: int, chunk: int = PASS_CHUNK, samples: int | None = None,
+        distill: bool = False,
+    ) -> int:
+        """Estimated peak bytes of a client-round (:mod:`fedsim.fleet.round_memory`).
+
+        ``samples`` is the phone's shard size; ``None`` stands for a shard at least as large
+        as every pass. The round is a full-batch gradient when the run uploads one.
+        """
+        samples = max(batch_size, chunk) if samples is None else samples
+        return self._memory.estimate(
+            self.mode(mode), batch_size, chunk, samples, gradient=self.one_pass, distill=distill
+        ).peak
 
     def flops(self, mode: str, epochs: int, samples: int) -> tuple[int, int]:
         """``(fp32, int8)`` FLOPs of a client-round; linear in ``samples``, cached per sample."""
@@ -146,15 +150,6 @@ class DeviceSimulation:
             self._flops[key] = (cost.fp32_flops, cost.int8_flops)
         fp32, int8 = self._flops[key]
         return fp32 * samples, int8 * samples
-
-    def teacher_memory_bytes(self, batch_size: int) -> int:
-        """Estimated bytes of the teacher's no-grad forward over ``batch_size`` samples."""
-        assert self.teacher is not None
-        if batch_size not in self._teacher_memory:
-            self._teacher_memory[batch_size] = estimate_inference_memory(
-                self.teacher, self.input_shape, batch_size
-            )
-        return self._teacher_memory[batch_size]
 
     def teacher_flops(self, samples: int) -> int:
         """fp32 FLOPs of the teacher's logits over ``samples`` (one forward each, once a round)."""
@@ -190,13 +185,19 @@ class DeviceSimulation:
         if not online:
             return Admission(client_id, tier, None, "offline")
         mode = profile.finetune or self.finetune.name
-        plan = memory_gate(self.budget, self.memory_bytes, profile, mode, batch_size)
+        samples = self.samples(client_id)
+        plan = memory_gate(
+            self.budget, lambda m, b, c: self.memory_bytes(m, b, c, samples), profile, mode,
+            batch_size,
+        )
         if plan is None:
             return Admission(client_id, tier, None, "oom")
         distill, no_kd = False, None
         if self.teacher is not None:
-            distill, no_kd = teacher_gate(
-                self.teacher_memory_bytes(plan.batch_size), ram_bytes(profile),
+            plan, distill, no_kd = teacher_gate(
+                plan,
+                lambda c: self.memory_bytes(plan.mode, plan.batch_size, c, samples, distill=True),
+                ram_bytes(profile),
                 lambda: self.cost(client_id, plan, epochs, bytes_up=0, distill=True),
                 self.deadline_s,
             )
@@ -207,7 +208,7 @@ class DeviceSimulation:
     def instructions(
         self, server_round: int, client_id: int, cohort: np.ndarray, config: ConfigRecord
     ) -> dict | None:
-        """:class:`VirtualClients` hook: the phone's mode and batch, or ``None``: not sent."""
+        """:class:`VirtualClients` hook: the phone's mode, batch and chunk; ``None``: not sent."""
         if self._round != server_round:
             self._round, self._admissions = server_round, {}
         epochs = int(config.get(keys.LOCAL_EPOCHS, self.epochs))
@@ -219,6 +220,7 @@ class DeviceSimulation:
         told = {
             keys.FINETUNE_MODE: admission.plan.mode,
             keys.BATCH_SIZE: admission.plan.batch_size,
+            keys.CHUNK: admission.plan.chunk,
             keys.CACHE_FEATURES: self.finetune.cache_features,
         }
         if self.teacher is not None:

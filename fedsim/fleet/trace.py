@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from clients.finetune.base import FineTuneMode
+from fedsim.models.batch_statistics import batch_norms
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,10 @@ def trace_training_forward(
     """
     clone = copy.deepcopy(model)
     mode.prepare(clone)
+    for norm in batch_norms(clone):
+        # momentum=None divides by the batch counter, which a meta tensor cannot give; the
+        # momentum changes no shape, so the trace uses PyTorch's default.
+        norm.momentum = 0.1 if norm.momentum is None else norm.momentum
     clone = clone.to("meta")
     tracer = _ShapeTracer(clone)
     with torch.no_grad(), tracer:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedsim.models.batch_statistics import restart_running_statistics
+
 
 def exchangeable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The float tensors of ``model.state_dict()``, detached, in the module's order."""
@@ -27,6 +29,9 @@ def exchangeable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_exchangeable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state produced by :func:`exchangeable_state`; any other missing key is an error."""
     result = model.load_state_dict(state, strict=False)
+    # A loaded model starts a new round of training: BatchNorm's cumulative average
+    # (momentum=None) must count from here, not from the last model this process held.
+    restart_running_statistics(model)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise KeyError(

@@ -10,9 +10,10 @@ Models", ICLR 2018).
 - :mod:`fedsim.privacy.accounting`: epsilon of the whole run through Google's ``dp_accounting``
   (PLD reported, RDP as a cross-check), noise calibration, the round budget, and a thin stateful
   accountant that checkpoints as a plain dict.
-- :mod:`fedsim.privacy.membership`: a client-level loss-based membership-inference attack
-  (Shokri et al. 2017; Yeom et al. 2018) and its ROC against the hypothesis-testing bound that
-  (epsilon, delta)-DP implies (Kairouz et al. 2015).
+- :mod:`fedsim.privacy.membership`: the loss-based membership-inference attack (Shokri et al.
+  2017; Yeom et al. 2018) and its ROC against the hypothesis-testing bound that (epsilon,
+  delta)-DP implies (Kairouz et al. 2015); :mod:`fedsim.privacy.bootstrap` its intervals;
+  :mod:`fedsim.privacy.audit` the ``audit`` config group (example or client level).
 - :mod:`fedsim.privacy.options` (none, central DP) and :mod:`fedsim.privacy.local_options`
   (local DP): the ``privacy`` config group. Each returns a :mod:`fedsim.privacy.plan`: the noise
   to apply, described, and its ledger (:mod:`fedsim.privacy.local_accounting` for local DP). The

@@ -61,14 +61,23 @@ MAX_NOISE_MULTIPLIER = 1024.0
 _Relation = dp_accounting.NeighboringRelation
 
 
-def default_delta(population: int) -> float:
-    """``1 / population``: the customary ceiling for delta at user level.
+# delta = N ** -DELTA_EXPONENT by default: a little below the 1/N ceiling, so that delta * N, the
+# expected number of phones the mechanism may expose outright, shrinks as the population grows.
+DELTA_EXPONENT = 1.1
 
-    A mechanism that publishes one random client's data outright is (0, 1/N)-DP, so delta should
-    not exceed 1/N; pick a smaller delta when the guarantee must be strong.
+
+def default_delta(population: int) -> float:
+    """``population ** -1.1``: fedsim's one rule for delta when ``privacy.delta`` is null.
+
+    A mechanism that publishes one random client's data outright is (0, 1/N)-DP, so delta must
+    sit well below 1/N for the guarantee to mean anything (Dwork & Roth, "The Algorithmic
+    Foundations of Differential Privacy", 2014, Sec. 2.3; Ponomareva et al., "How to DP-fy ML",
+    JAIR 2023, advise delta << 1/N). ``N^-1.1`` is the polynomially smaller choice used in
+    cross-device work; for N = 100 it is 0.00631, for a deployment of 10^6 phones 2.5e-7.
+    ``N`` is the accountant's population: the deployment's under ``noise_cohort_size``.
     """
     _check_population(population, population)
-    return 1.0 / population
+    return float(population) ** -DELTA_EXPONENT
 
 
 def dp_event(

@@ -31,7 +31,8 @@ class LocalDP:
     noise_multiplier : float
         ``z``: noise std on each report is ``z * C``.
     delta : float or None
-        Per-client delta; None means 1 / population.
+        Per-client delta; None means ``population ** -1.1``
+        (:func:`~fedsim.privacy.accounting.default_delta`).
     accountant : str
         ``pld`` (reported) or ``rdp``.
     target_epsilon : float or None

@@ -101,6 +101,14 @@ class PrivacyPlan:
 
     noise: CentralNoise | LocalNoise | None = None  # None: the stack has no privacy wrapper
     accountant: Accountant | None = None
+    # The ledger of the mechanism the simulated phones actually went through, when it is not
+    # `accountant`'s: under `noise_cohort_size` the accountant is about a production deployment,
+    # while the phones of this run got noise z * m / M (fedsim.privacy.options). It counts no
+    # rounds of its own; it is asked about `accountant`'s.
+    simulated: Accountant | None = None
+    # The neighbouring relation of the accountant: add/remove one client (Poisson sampling),
+    # else replace one. The example-level audit needs it (fedsim.privacy.audit).
+    add_remove: bool = False
     target_epsilon: float | None = None  # stop before a round would exceed it
     report: dict[str, Any] = field(default_factory=dict)  # goes into summary.json
     mechanism: Mechanism | None = None
@@ -128,14 +136,19 @@ class PrivacyPlan:
         return replace(self, mechanism=mechanism, accountant=accountant, _epsilons={})
 
     def final_report(self) -> dict[str, Any]:
-        """``report`` plus what the run measured (clipped fraction, final clipping norm)."""
+        """``report`` plus what the run measured: the simulated phones' epsilon (next to the
+        accountant's, which the round records carry), clipped fraction, final clipping norm."""
+        measured = {}
+        if self.accountant is not None:
+            measured["epsilon_simulated"] = self.epsilon_simulated()
         if self.mechanism is None:
-            return dict(self.report)
+            return {**self.report, **measured}
         clipped = sum(c for c, _ in self.mechanism.clipped)
         total = sum(n for _, n in self.mechanism.clipped)
         norms = self.mechanism.norms_used
         return {
             **self.report,
+            **measured,
             "clipped_fraction": clipped / total if total else None,
             "final_clipping_norm": norms[max(norms)] if norms else None,
         }
@@ -149,6 +162,17 @@ class PrivacyPlan:
     def epsilon_spent(self) -> float | None:
         """Epsilon after the rounds accounted so far (memoized with the what-if queries)."""
         return None if self.accountant is None else self.epsilon_after(self.accountant.rounds)
+
+    def epsilon_simulated(self) -> float | None:
+        """Epsilon of the mechanism the simulated phones went through, after the rounds so far.
+
+        Equal to :meth:`epsilon_spent` unless the plan borrows a production cohort's noise.
+        """
+        if self.accountant is None:
+            return None
+        if self.simulated is None:
+            return self.epsilon_spent()
+        return self.simulated.epsilon_after(self.accountant.rounds)
 
     def epsilon_after(self, rounds: int) -> float | None:
         """Epsilon after ``rounds`` rounds (None without DP), without changing the accountant."""

@@ -46,10 +46,11 @@ from fedsim.data.splits import ArrayDataset
 from fedsim.data.shards import ShardSource
 from fedsim.models.factory import ModelBuilder
 from fedsim.models.evaluation import evaluate_model
+from fedsim.models.batch_statistics import recompute_running_statistics
 
 # Bump when the training procedure changes, so caches of the old procedure stop matching.
 # 2: students and teachers train in the channels-last layout (other float rounding).
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: BatchNorm statistics re-estimated after training
 # A field that says where the result is stored, not what it is, is declared with this metadata.
 NOT_IN_KEY = {"in_key": False}
 _EVAL_BATCH = 500
@@ -71,6 +72,10 @@ class Pretraining:
         the run seed so that runs with different seeds start from the same student.
     cache_dir : str
         Where pre-trained students are kept (``~`` is expanded).
+    client_lr : float
+        The phones' learning rate in runs that start here (``simulation.local.lr`` defaults to
+        it): fine-tuning a pre-trained student wants a smaller step than training from scratch.
+        Not part of the cache key: it does not change the pre-trained weights.
     """
 
     fraction: float = 0.0
@@ -81,6 +86,7 @@ class Pretraining:
     weight_decay: float = 0.0
     seed: int = 0
     cache_dir: str = field(default="~/.cache/fedsim/pretrain", metadata=NOT_IN_KEY)
+    client_lr: float = field(default=0.02, metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
         checks = (
@@ -171,6 +177,7 @@ def pretrain_student(
         torch.manual_seed(pretraining.seed)
         shuffles = torch.Generator().manual_seed(pretraining.seed)
         result = train_locally(model, x, y, recipe, shuffles, teacher_logits, kd)
+    recompute_running_statistics(model, x, pretraining.batch_size)
     seconds = time.perf_counter() - started
     accuracy = evaluate_model(model, ArrayDataset(x.numpy(), y.numpy()), _EVAL_BATCH).accuracy
     return PretrainReport(

@@ -3,8 +3,8 @@
 Twenty runs compared by opening twenty ``accuracy.png`` files is not a comparison. This page
 draws each job's test-accuracy curve in two panels (by round; by simulated minutes, what a fleet
 would wait: :mod:`fedsim.fleet.clock`), one colour per *setting*: jobs whose overrides agree
-except for ``simulation.seed`` share a colour, as in the trade-off report
-(:mod:`fedsim.report.tradeoff`), and the legend names each setting by the overrides that set it
+except for the seed and result-irrelevant keys share a colour, as in the sweep report
+(:mod:`fedsim.report.sweep`), and the legend names each setting by the overrides that set it
 apart from the others. Curves come from each job's ``metrics.jsonl``, so a job still running or
 interrupted is drawn with the rounds it finished.
 """
@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from fedsim.report.plots import pyplot
-from fedsim.report.tradeoff import SEED_KEY
+from fedsim.report.sweep import (
+    common_overrides, job_order, read_overrides, split_overrides, varying_label,
+)
 
 OVERVIEW = "overview.png"
 # Matplotlib's "tab10" then "tab20b": distinct colours for up to 30 settings, then they repeat.
@@ -30,7 +30,7 @@ class Curve:
     """One job's evaluated rounds."""
 
     run_dir: Path
-    setting: tuple[str, ...]  # its overrides without the seed
+    setting: tuple[str, ...]  # its result-relevant overrides without the seed
     seed: str
     rounds: tuple[int, ...]
     sim_minutes: tuple[float, ...]
@@ -41,14 +41,11 @@ def read_curve(metrics: Path) -> Curve:
     """The curve of the job whose ``metrics.jsonl`` is ``metrics``."""
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     evaluated = [r for r in records if r.get("accuracy") is not None]
-    overrides_path = metrics.parent / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
-    seed = next((o.split("=", 1)[1] for o in overrides or []
-                 if o.lstrip("+~").startswith(SEED_KEY + "=")), "")
+    setting, _, seed = split_overrides(read_overrides(metrics.parent))
     return Curve(
         run_dir=metrics.parent,
-        setting=tuple(o for o in overrides or [] if not o.lstrip("+~").startswith(SEED_KEY + "=")),
-        seed=seed,
+        setting=setting,
+        seed="" if seed is None else str(seed),
         rounds=tuple(int(r["round"]) for r in evaluated),
         sim_minutes=tuple(float(r.get("sim_time_s", 0.0)) / 60 for r in evaluated),
         accuracy=tuple(float(r["accuracy"]) for r in evaluated),
@@ -64,15 +61,6 @@ def find_curves(sweep_dir: Path) -> list[Curve]:
     return [c for c in curves if c.rounds]
 
 
-def job_order(path: Path) -> tuple:
-    """Hydra's job directories in numeric order (2 before 10), so the legend follows the sweep.
-
-    >>> sorted([Path("10/m"), Path("2/m"), Path("b/m")], key=job_order)
-    [PosixPath('2/m'), PosixPath('10/m'), PosixPath('b/m')]
-    """
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
-
-
 def setting_labels(curves: list[Curve]) -> dict[tuple[str, ...], str]:
     """Each setting's legend label: its overrides that not every job shares.
 
@@ -81,13 +69,10 @@ def setting_labels(curves: list[Curve]) -> dict[tuple[str, ...], str]:
     >>> list(setting_labels([a, b]).values())
     ['strategy=fedavg', 'strategy=krum']
     """
-    shared = set(curves[0].setting) if curves else set()
-    for curve in curves[1:]:
-        shared &= set(curve.setting)
+    common = common_overrides(curve.setting for curve in curves)
     labels: dict[tuple[str, ...], str] = {}
     for curve in curves:
-        own = [o for o in curve.setting if o not in shared]
-        labels.setdefault(curve.setting, " ".join(own) or "(shared overrides only)")
+        labels.setdefault(curve.setting, varying_label(curve.setting, common))
     return labels
 
 

@@ -2,20 +2,20 @@
 
 Each option checks its own values when it is built (:mod:`fedsim.run.options`); what is left are
 the rules that span options: DP with BatchNorm, over-selection with DP, FedSGD with a
-fine-tuning mode, distillation that reads what privacy hides. Each failure is one line naming
-what to fix.
+fine-tuning mode, distillation that reads what privacy hides, a client-level audit whose
+held-out shards overlap the members'. Each failure is one line naming what to fix.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from clients.finetune import FineTuneMode
 from fedsim.config import Faults, Simulation
+from fedsim.data.partition.base import Partition, SampledPartition
 from fedsim.errors import ConfigError
 from fedsim.fleet.budget import MemoryBudget
+from fedsim.fleet.exchange import plan_exchange
 from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.plan import PrivacyPlan
@@ -24,16 +24,27 @@ from fedsim.proxy.distillation import Distillation
 from fedsim.updates import GRADIENT, UpdateRule
 
 
-def refuse_batch_statistics(builder: ModelBuilder, privacy: PrivacyPlan) -> None:
-    """DP covers the exchanged update; BatchNorm's running statistics would be noised into
-    nonsense (a negative variance) or would have to travel unprotected, so DP runs need
-    ``norm=group`` or ``norm=none`` (the DP options select ``group`` by default)."""
+def refuse_batch_statistics(
+    builder: ModelBuilder, privacy: PrivacyPlan, modes: tuple[str, ...]
+) -> None:
+    """Refuse DP when a phone of the run would upload BatchNorm running statistics.
+
+    DP covers the exchanged update; BatchNorm's running statistics would be noised into
+    nonsense (a negative variance) or would have to travel unprotected. They are only a
+    problem when they travel: under ``finetune=head`` (or ``int8_head``) the backbone, its
+    statistics included, is the server's pre-trained, public model and never leaves the phone
+    (:mod:`fedsim.fleet.exchange`), so a BatchNorm student is fine there. ``modes`` are the
+    fine-tuning modes any phone of the run can be told
+    (:func:`fedsim.fleet.exchange.possible_modes`).
+    """
     if privacy.accountant is None:
         return
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in builder().modules()):
+    uploaded = plan_exchange(builder(), modes).uploaded
+    if any(name.endswith(("running_mean", "running_var")) for name in uploaded):
         raise ConfigError(
             f"norm: privacy={privacy.report.get('privacy')} cannot protect BatchNorm running "
-            "statistics; use norm=group or norm=none"
+            f"statistics, which finetune={'/'.join(modes)} uploads; use norm=group or norm=none, "
+            "or finetune=head from a pre-trained student"
         )
 
 
@@ -94,3 +105,20 @@ def check_faults(faults: Faults, settings: Simulation) -> None:
     """A slow phone is one that overruns ``simulation.client_timeout_s``: without one, none can."""
     if faults.slow_client_rate and settings.client_timeout_s is None:
         raise ConfigError("faults.slow_client_rate: needs simulation.client_timeout_s to overrun")
+
+
+def refuse_overlapping_holdout(holdout_clients: int, partition: Partition) -> None:
+    """A client-level audit needs non-members whose data no member holds.
+
+    Under ``partition.samples_per_client`` every shard is an independent draw from the same
+    pool (:class:`~fedsim.data.partition.base.SampledPartition`), so the held-out phones'
+    examples are, almost surely, also some member's: the audit would call trained-on data
+    "non-member" and read the overlap as privacy. The example-level audit's non-members come
+    from the test split, which no shard draws from, so it is unaffected.
+    """
+    if holdout_clients and isinstance(partition, SampledPartition):
+        raise ConfigError(
+            "audit: membership's held-out phones draw from the same pool as the members under "
+            "partition.samples_per_client (overlapping shards), which voids the audit; use "
+            "audit=example or partition.samples_per_client=null"
+        )

@@ -31,9 +31,10 @@ from fedsim.config import (
 from fedsim.data.shards import ShardSource
 from fedsim.data.splits import DatasetSplits
 from fedsim.fleet.budget import MemoryBudget
+from fedsim.fleet.exchange import possible_modes
 from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
-from fedsim.privacy.audit import MembershipAudit, NoAudit
+from fedsim.privacy.audit import Audit
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.privacy.secagg import NoSecureAggregation, SecAggPlusCostModel
 from fedsim.proxy.distillation import Distillation
@@ -44,7 +45,9 @@ from fedsim.run.checks import (
     check_faults,
     check_fleet,
     refuse_batch_statistics,
+    refuse_overlapping_holdout,
 )
+from fedsim.run.learning_rate import LearningRateInstruction
 from fedsim.run.options import (
     build_privacy,
     build_strategy,
@@ -70,7 +73,7 @@ class Prepared:
     strategy: Strategy  # the user's; the run wraps it in fedsim's stack (fedsim.strategy.stack)
     sampler: CohortSampler
     privacy: PrivacyPlan
-    audit: MembershipAudit | NoAudit
+    audit: Audit
     secagg: SecAggPlusCostModel | NoSecureAggregation
     faults: Faults
     update: UpdateRule
@@ -82,6 +85,7 @@ class Prepared:
     pretraining: Pretraining
     distill: Distillation
     teacher: Teacher
+    learning_rate: LearningRateInstruction  # the phones' rate each round (lr_schedule)
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -96,6 +100,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     fleet = instantiate_option("fleet", cfg.fleet, seed=settings.seed)
     availability = instantiate_option("availability", cfg.availability)
     budget = instantiate_option("budget", cfg.budget)
+    learning_rate = LearningRateInstruction(
+        instantiate_option("lr_schedule", cfg.lr_schedule), settings.local.lr, settings.rounds
+    )
     # Held-out audit clients get shards of the same partition but are never sampled. The
     # server's proxy split (pre-training, the teacher, distillation) is held out of every shard.
     shards = ShardSource.from_config(
@@ -103,7 +110,8 @@ def prepare(cfg: DictConfig) -> Prepared:
         settings.population + audit.holdout_clients, settings.seed,
         proxy_fraction=distill.proxy_fraction_for(pretraining), proxy_seed=pretraining.seed,
     )
-    splits, _ = shards.load()  # data-file and partition errors surface here
+    splits, partition = shards.load()  # data-file and partition errors surface here
+    refuse_overlapping_holdout(audit.holdout_clients, partition)
     builder = ModelBuilder.from_config(
         to_plain(cfg.model), to_plain(cfg.norm), splits.input_shape, splits.num_classes
     )
@@ -120,7 +128,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         with_assumed_malicious(cfg.strategy, threat, settings.clients_per_round)
     )
     privacy = build_privacy(cfg.privacy, strategy, settings, sampler)
-    refuse_batch_statistics(builder, privacy)
+    refuse_batch_statistics(builder, privacy, possible_modes(finetune.name, fleet, budget))
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(strategy)
     check_fleet(settings, fleet, finetune, budget, update, privacy)
@@ -130,5 +138,5 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(
         settings, splits, shards, builder, strategy, sampler, privacy, audit, secagg,
         faults, update, threat, fleet, availability, budget, finetune, pretraining, distill,
-        teacher,
+        teacher, learning_rate,
     )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from fedsim.config import Simulation
 from fedsim.fleet.model_size import model_size
 from fedsim.models.state import load_exchangeable_state
+from fedsim.privacy.audit import AuditInputs, Guarantee
 from fedsim.report.plots import plot_accuracy
 from fedsim.report.run_log import RoundRecord
 from fedsim.report.summary import summarize, write_summary
@@ -82,24 +83,37 @@ def summarize_run(
     )
     if summary.get("privacy", "none") != "none":
         summary["epsilon"] = records[-1].epsilon if records else 0.0
+    # The simulated phones' epsilon (privacy.final_report); null without DP, like epsilon.
+    summary.setdefault("epsilon_simulated", None)
     return summary
 
 
 def audit_final_model(
-    prepared: Prepared, records: list[RoundRecord], arrays: ArrayRecord,
+    prepared: Prepared, members: set[int], state_dict: dict[str, torch.Tensor],
     summary: dict[str, Any], out_dir: Path,
 ) -> dict[str, Any]:
-    """Run the ``audit`` option on the final model against every client that trained."""
+    """Run the ``audit`` option on the final model against every client that trained.
+
+    The audit is held to ``epsilon_simulated``, the epsilon of the mechanism the simulated
+    phones went through (it is the reported ``epsilon`` unless ``privacy.noise_cohort_size``
+    makes that one about a deployment); :mod:`fedsim.privacy.audit`.
+    """
     model = prepared.builder()
-    load_exchangeable_state(model, arrays.to_torch_state_dict())
-    members = {client for record in records for client in record.clients}
-    return prepared.audit.run(
-        model=model, shards=prepared.shards, members=members,
-        population=prepared.settings.population, epsilon=summary.get("epsilon"),
-        delta=summary.get("delta"), out_dir=out_dir,
-        title=f"client-level membership inference, {summary.get('privacy')} "
-        f"(seed {prepared.settings.seed})",
+    load_exchangeable_state(model, state_dict)
+    guarantee = Guarantee(
+        epsilon=summary.get("epsilon"),
+        epsilon_simulated=summary.get("epsilon_simulated", summary.get("epsilon")),
+        delta=summary.get("delta"),
+        add_remove=prepared.privacy.add_remove,
     )
+    inputs = AuditInputs(
+        model=model, train=prepared.splits.train, test=prepared.splits.test,
+        shard_ids=prepared.shards.indices, members=frozenset(members),
+        population=prepared.settings.population, guarantee=guarantee,
+        seed=prepared.settings.seed, out_dir=out_dir,
+        title=f"{summary.get('privacy')} (seed {prepared.settings.seed})",
+    )
+    return prepared.audit.run(inputs)
 
 
 def finish(
@@ -116,7 +130,10 @@ def finish(
     summary = summarize_run(records, settings, cfg, time.perf_counter() - started, extra)
     torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
     write_summary(out_dir / "summary.json", summary)  # before the audit: it must never cost this
-    summary.update(audit_final_model(prepared, records, arrays, summary, out_dir))
+    members = {client for record in records for client in record.clients}
+    summary.update(
+        audit_final_model(prepared, members, arrays.to_torch_state_dict(), summary, out_dir)
+    )
     title = f"{summary['dataset']} / {summary['model']} / {summary['strategy']} (seed {settings.seed})"
     plot_accuracy(records, out_dir / "accuracy.png", title)
     if clock is not None:

@@ -86,7 +86,8 @@ def run(
         devices.sim_time_s = restored[-1].sim_time_s if restored else 0.0
     faults = FaultPlan(prepared.faults, settings.seed, settings.client_timeout_s)
     # The device simulation decides first (a phone it drops gets no fault either).
-    instructions = [devices.instructions] + ([faults] if prepared.faults.any else [])
+    instructions = [devices.instructions, prepared.learning_rate]
+    instructions += [faults] if prepared.faults.any else []
     stack = strategy_stack(prepared, model, instructions, teacher, exchange)
     stack_state = StackState(stack.checkpointed)
     identity = run_identity(settings.seed, prepared.sampler, prepared.privacy)

@@ -7,6 +7,7 @@ the pre-trained or distilled student (:mod:`fedsim.proxy.pretrain`,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from clients.distillation import TeacherOnDevice, logits_of
 from fedsim.proxy.pretrain import load_pretrained, pretrained_state
 from fedsim.proxy.teacher import trained_teacher
 from fedsim.run.preparation import Prepared
+
+log = logging.getLogger("fedsim")
 
 
 def initial_model(prepared: Prepared) -> torch.nn.Module:
@@ -44,6 +47,7 @@ def prepared_teacher(prepared: Prepared) -> PreparedTeacher | None:
     model, report, on_device = trained_teacher(
         prepared.teacher, prepared.shards, splits.input_shape, splits.num_classes, splits.test
     )
+    warn_if_near_chance("teacher", report.get("test_accuracy"), splits.num_classes)
     logits = None
     if prepared.distill.where.needs_proxy_logits:  # the server distills on its proxy split
         x, _ = prepared.shards.proxy()
@@ -74,4 +78,24 @@ def starting_point(
         pretraining, prepared.builder, prepared.shards, test=prepared.splits.test
     )
     load_pretrained(model, state)
+    warn_if_near_chance("pre-trained student", report.get("test_accuracy"), prepared.splits.num_classes)
     return model, report
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether ``accuracy`` is within a tenth of the way from chance to perfect.
+
+    For 10 classes that is below 0.19: a model there has learnt next to nothing, and whatever
+    starts from or distils it inherits that silently.
+    """
+    chance = 1.0 / num_classes
+    return accuracy < chance + 0.1 * (1.0 - chance)
+
+
+def warn_if_near_chance(what: str, accuracy: float | None, num_classes: int) -> None:
+    """One warning line when the server's ``what`` tests near chance (``None``: not measured)."""
+    if accuracy is not None and near_chance(accuracy, num_classes):
+        log.warning(
+            "%s tests at %.3f, near chance (%.3f): its recipe did not learn; see "
+            "docs/on-device-learning.md, 'Starting point'", what, accuracy, 1.0 / num_classes,
+        )
