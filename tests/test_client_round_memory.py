@@ -82,7 +82,7 @@ def check(mode: str, batch: int, chunk: int, gradient: bool = False, distill: bo
 
 
 @pytest.mark.parametrize(("batch", "chunk"), [(8, 256), (32, 64)])
-@pytest.mark.parametrize("mode", ["full", "head", "bias", "qat", "int8_head"])
+@pytest.mark.parametrize("mode", ["full", "head", "bias", "frozen_stats", "qat", "int8_head"])
 def test_whole_round_estimate_is_within_ten_percent_of_the_measured_round(mode, batch, chunk):
     estimate = check(mode, batch, chunk)
     if mode in ("head", "int8_head") and chunk == 256:

@@ -8,6 +8,8 @@ compute on the phone:
 - ``head`` (:mod:`~clients.finetune.head`): only the ``classifier`` of a ``FeaturesClassifier``
   over a frozen backbone, whose features can be computed once per client-round.
 - ``bias`` (:mod:`~clients.finetune.bias`): biases, norm layers and the head (TinyTL).
+- ``frozen_stats`` (:mod:`~clients.finetune.frozen_stats`): every parameter, with BatchNorm
+  normalising by the statistics the phone received (fine-tuning a pre-trained student under DP).
 - ``qat`` (:mod:`~clients.finetune.qat`): every parameter, through int8 fake quantisation.
 - ``int8_head`` (:mod:`~clients.finetune.int8_head`): the head over an int8 copy of the backbone.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from clients.finetune.base import MODES, PASS_CHUNK, FineTuneMode, mode_class, pooled_features
 from clients.finetune.bias import Bias
+from clients.finetune.frozen_stats import FrozenStatistics
 from clients.finetune.full import Full
 from clients.finetune.head import Head
 from clients.finetune.int8_head import Int8Head
@@ -28,7 +31,7 @@ from clients.finetune.qat import Qat
 
 # The name -> mode table (kept in base.py, where a mode checks its own name), in the order
 # error messages list the choices.
-MODES.update({m.name: m for m in (Full, Head, Bias, Qat, Int8Head)})
+MODES.update({m.name: m for m in (Full, Head, Bias, FrozenStatistics, Qat, Int8Head)})
 
 
 def mode_named(name: str, cache_features: bool = True) -> FineTuneMode:
@@ -37,7 +40,7 @@ def mode_named(name: str, cache_features: bool = True) -> FineTuneMode:
 
 
 __all__ = [
-    "MODES", "PASS_CHUNK", "Bias", "FineTuneMode", "Full", "Head", "Int8Head", "Qat", "mode_class",
+    "MODES", "PASS_CHUNK", "Bias", "FineTuneMode", "FrozenStatistics", "Full", "Head", "Int8Head", "Qat", "mode_class",
     "mode_named",
     "pooled_features",
 ]
