@@ -18,6 +18,12 @@ batch size and chunk it chose for this phone under its memory budget
 more samples at once), and whether it distills (``fedsim.keys.DISTILL``,
 ``distill.where=client``): then the phone runs the teacher once over its shard, frees it, and
 trains against its logits.
+
+A client algorithm (``env.algorithm``, :mod:`clients.algorithms`; plain SGD by default) works
+around the training: it reads the server half's tensors from the message
+(:data:`fedsim.keys.ALGORITHM`) and what the phone kept from its last participation
+(``env.phone_state``), may correct the gradients, and adds its own tensors, kept state and
+metrics to the round (:func:`run_algorithm`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import (
+    Array,
+    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -41,6 +49,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.algorithms.base import LocalAlgorithm, Outcome
 from clients.distillation import KDLoss, TeacherOnDevice, logits_of
 from clients.finetune import Full, mode_named
 from clients.local_dp import local_dp_rng, privatize
@@ -50,7 +59,8 @@ from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
 from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
-from fedsim.compression.wire import to_records
+from fedsim.compression.phone_files import PhoneFiles
+from fedsim.compression.wire import model_record, record_nbytes, to_records
 from fedsim.models.state import exchangeable_state, load_cached, load_exchangeable_state
 from fedsim.updates import GRADIENT, PLAIN_WEIGHTS, UpdateRule, kind_code
 
@@ -86,6 +96,10 @@ class ClientEnvironment:
         The teacher a phone told to distill runs (``distill.where=client``).
     kd : KDLoss
         The distillation loss those phones train with.
+    algorithm : LocalAlgorithm
+        The client algorithm's phone half (default: plain local SGD).
+    phone_state : PhoneFiles or None
+        Where each phone's client-algorithm state lives; needed when ``algorithm.stateful``.
     """
 
     shards: Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -99,6 +113,8 @@ class ClientEnvironment:
     scratch_dir: str = "."
     teacher: TeacherOnDevice | None = None
     kd: KDLoss = KDLoss()
+    algorithm: LocalAlgorithm = LocalAlgorithm()
+    phone_state: PhoneFiles | None = None
 
 
 _MODELS: dict[Hashable, nn.Module] = {}
@@ -189,7 +205,7 @@ def obey_fault(
 
 def train_reply(env: ClientEnvironment, message: Message) -> Message:
     """Train as the virtual client named in ``message`` and build the reply."""
-    (arrays_name, arrays), = message.content.array_records.items()
+    arrays_name, arrays = model_record(message.content)
     config = next(iter(message.content.config_records.values()))
     client_id = int(config[keys.CLIENT_ID])
     server_round = int(config.get(keys.SERVER_ROUND, 0))
@@ -222,6 +238,8 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         cache_features=bool(config.get(keys.CACHE_FEATURES, True)),
     )
     started = time.perf_counter()
+    extra, kept = algorithm_inputs(env, message, client_id, server_round)
+    correction = env.algorithm.correction(extra, kept, dict(model.named_parameters()))
     gradient = None
     if env.update.kind == GRADIENT:
         step = full_batch_gradient(model, torch.from_numpy(x), torch.from_numpy(y), recipe.chunk)
@@ -230,8 +248,10 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
     else:
         soft = teacher_logits(env, config, x, recipe.chunk)  # on the phone: its compute time
         result = train_in_mode(
-            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, soft, env.kd
+            model, torch.from_numpy(x), torch.from_numpy(y), recipe, generator, mode, soft, env.kd,
+            correction,
         )
+    outcome = run_algorithm(env, model, received, extra, kept, result.steps, recipe)
     # Only what the mode changed leaves the phone; the server has the rest (it sent it).
     received = uploaded_part(received, mode.uploaded_names(model))
     state = exchangeable_state(model)
@@ -246,6 +266,10 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
             payload_kind, tensors, received, attack, env.threat.rng(server_round, client_id)
         )
     encoded = _encode(env, client_id, server_round, tensors)
+    if outcome.kept is not None and env.algorithm.stateful:
+        assert env.phone_state is not None, "a stateful client algorithm needs a state store"
+        env.phone_state.put(client_id, server_round, outcome.kept)
+    sent = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in outcome.sent.items()})
     compute_s = time.perf_counter() - started
 
     metrics = {
@@ -255,16 +279,49 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
         keys.TRAIN_STEPS: result.steps,
         keys.COMPUTE_S: compute_s,
         keys.UPDATE_KIND: kind_code(env.update.kind),
-        keys.PAYLOAD_BYTES: encoded.nbytes,
+        keys.PAYLOAD_BYTES: encoded.nbytes + (record_nbytes(sent) if outcome.sent else 0),
         **fault_metrics,
         **privacy_metrics,
+        **outcome.metrics,
     }
     metrics[keys.HANDLE_S] = time.perf_counter() - handling
     payload, meta = to_records(encoded, payload_kind)
     content = RecordDict(
         {arrays_name: payload, keys.PAYLOAD: meta, keys.METRICS: MetricRecord(metrics)}
     )
+    if outcome.sent:
+        content[keys.ALGORITHM] = sent
     return Message(content, reply_to=message)
+
+
+def algorithm_inputs(
+    env: ClientEnvironment, message: Message, client_id: int, server_round: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The server half's tensors in ``message`` and what this phone kept (both may be empty)."""
+    records = message.content.array_records
+    extra = (
+        {n: a.numpy() for n, a in records[keys.ALGORITHM].items()}
+        if keys.ALGORITHM in records else {}
+    )
+    kept = None
+    if env.algorithm.stateful:
+        assert env.phone_state is not None, "a stateful client algorithm needs a state store"
+        kept = env.phone_state.get(client_id, server_round)
+    return extra, kept or {}
+
+
+def run_algorithm(
+    env: ClientEnvironment, model: nn.Module, received: dict[str, np.ndarray],
+    extra: dict[str, np.ndarray], kept: dict[str, np.ndarray], steps: int, recipe: LocalRecipe,
+) -> Outcome:
+    """The client algorithm's :meth:`~clients.algorithms.base.LocalAlgorithm.finish` over the
+    parameters this round trained (``received``: the model as it arrived)."""
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad and n in received}
+    start = {n: received[n] for n in trained}
+    end = {n: p.detach().numpy() for n, p in trained.items()}
+    return env.algorithm.finish(
+        start, end, extra, kept, steps, recipe.lr, recipe.momentum
+    )
 
 
 def uploaded_part(state: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:

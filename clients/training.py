@@ -9,7 +9,8 @@ way a phone would: frozen features computed once, QAT under fake quantisation, a
 for ``int8_head`` (``clients.quantize``). Given a teacher's logits on the shard, the
 objective is Hinton et al.'s distillation loss (``clients.distillation``) instead of plain
 cross-entropy; the reported loss stays the cross-entropy, so runs with and without
-distillation compare.
+distillation compare. A client algorithm's ``correction`` (``clients.algorithms``: SCAFFOLD's
+control variates) is added to the gradients after each backward pass, before the step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.algorithms.base import Correction
 from clients.distillation import KDLoss
 from clients.finetune.base import PASS_CHUNK, FineTuneMode
 from clients.sgd import MomentumSGD
@@ -64,6 +66,7 @@ def train_locally(
     generator: torch.Generator,
     teacher_logits: torch.Tensor | None = None,
     kd: KDLoss | None = None,
+    correction: Correction | None = None,
 ) -> LocalResult:
     """Train ``model`` in place on ``(x, y)``.
 
@@ -81,9 +84,11 @@ def train_locally(
         ``(N, classes)`` logits of a teacher on ``x``: the objective becomes ``kd``.
     kd : KDLoss or None
         The distillation loss (default ``KDLoss()``) when ``teacher_logits`` are given.
+    correction : callable or None
+        A client algorithm's gradient correction (``clients.algorithms.base.Correction``).
     """
     model.train()
-    return _sgd(model, lambda: x, y, recipe, generator, teacher_logits, kd)
+    return _sgd(model, lambda: x, y, recipe, generator, teacher_logits, kd, correction)
 
 
 def _sgd(
@@ -94,11 +99,12 @@ def _sgd(
     generator: torch.Generator,
     teacher_logits: torch.Tensor | None = None,
     kd: KDLoss | None = None,
+    correction: Correction | None = None,
 ) -> LocalResult:
     """The SGD loop over ``inputs()`` (called once per epoch); the caller sets train/eval modes.
 
     With ``teacher_logits`` the step minimises ``kd`` against them; the loss it reports is the
-    cross-entropy either way.
+    cross-entropy either way. ``correction`` changes the gradients between backward and step.
     """
     kd = kd or KDLoss()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,6 +128,8 @@ def _sgd(
                 objective = objective + 0.5 * recipe.proximal_mu * proximal_term(params, anchor)
             optimizer.zero_grad()
             objective.backward()
+            if correction is not None:
+                correction(params)
             optimizer.step()
             total_loss += loss.item() * len(batch)
             seen += len(batch)
@@ -138,6 +146,7 @@ def train_in_mode(
     mode: FineTuneMode,
     teacher_logits: torch.Tensor | None = None,
     kd: KDLoss | None = None,
+    correction: Correction | None = None,
 ) -> LocalResult:
     """Train ``model`` in place on ``(x, y)`` in fine-tuning ``mode``.
 
@@ -163,6 +172,8 @@ def train_in_mode(
         The fine-tuning mode (``clients.finetune.mode_named`` turns a message's name into one).
     teacher_logits, kd
         Distill from a teacher's logits on ``x`` (see ``train_locally``); in every mode.
+    correction : callable or None
+        A client algorithm's gradient correction (see ``train_locally``).
 
     Returns
     -------
@@ -172,4 +183,4 @@ def train_in_mode(
     mode.prepare(model)
     trained, inputs = mode.trained_part(model, x, recipe.chunk)
     with mode.running(model):
-        return _sgd(trained, inputs, y, recipe, generator, teacher_logits, kd)
+        return _sgd(trained, inputs, y, recipe, generator, teacher_logits, kd, correction)

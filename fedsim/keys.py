@@ -53,3 +53,11 @@ FINETUNE_MODE = "fedsim.finetune-mode"
 CHUNK = "fedsim.chunk"
 CACHE_FEATURES = "fedsim.cache-features"  # head / int8_head: run the frozen backbone once
 DISTILL = "fedsim.distill"  # 1: train against the teacher's logits on the shard (distill.where=client)
+
+# --- Client algorithms (issue 23: SCAFFOLD, FedNova; clients/algorithms) ----------------------
+# The ArrayRecord a client algorithm's extra tensors travel in, beside the model's: the server
+# half's (SCAFFOLD's control variate c) in a train message, the phone half's (SCAFFOLD's
+# control-variate change) in its reply. Server halves take it out before the user's strategy
+# aggregates (Flower's strategies expect one ArrayRecord per reply).
+ALGORITHM = "fedsim.algorithm"
+NORMALISED_STEPS = "fedsim.normalised-steps"  # FedNova's ||a_i||_1 (MetricRecord)

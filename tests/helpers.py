@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +54,39 @@ def run_cli(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """``python run_sim.py +debug=tiny <overrides>`` into ``out_dir``; fails the test on error."""
     result = subprocess.run(
         [sys.executable, "run_sim.py", *TINY, *overrides, f"hydra.run.dir={out_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def start_run(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """``run_sim.py +debug=tiny <overrides>`` in its own process group (kill -9 takes Ray down
+    with the driver)."""
+    return subprocess.Popen(
+        [sys.executable, "run_sim.py", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def kill_after_rounds(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until ``run_dir`` has ``count`` round records, then kill -9 the run and its Ray."""
+    deadline = time.monotonic() + timeout
+    path = run_dir / "metrics.jsonl"
+    while not (path.exists() and len(path.read_text().splitlines()) >= count):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"{count} rounds did not finish"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def resume_run(run_dir: Path) -> subprocess.CompletedProcess:
+    """``run_sim.py resume=<run_dir>``; fails the test on error."""
+    result = subprocess.run(
+        [sys.executable, "run_sim.py", f"resume={run_dir}",
+         f"hydra.run.dir={run_dir}/resumed-{time.monotonic_ns()}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -55,7 +55,7 @@ ROWS = [
                               "dataset.download=false"], "fashion-mnist: files not found in /nonexistent"),
     ("partition leaves a phone without data", ["simulation.population=2000",
                                                "simulation.clients_per_round=10"], "partition"),
-    ("DP with an unprotectable layer", ["privacy=central_dp", "norm=batch"],
+    ("DP with an unprotectable layer", ["privacy=central_dp", "norm=batch", "finetune=full"],
      "norm: privacy=central_dp cannot protect BatchNorm"),
     ("resume dir that is not a run dir", ["resume=/tmp"], "resume: /tmp is not a fedsim run"),
     ("device profile with impossible numbers", ["fleet=mixed", "fleet.tiers.low_end.ram_mb=0"],

@@ -37,9 +37,11 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert options("fleet") == ["mixed", "stress_low_end", "uniform_mid"]
     assert options("device") == ["flagship", "low_end", "mid_range", "wearable"]
     assert options("availability") == ["always", "diurnal", "trace"]
-    assert options("finetune") == ["bias", "full", "head", "int8_head", "qat"]
+    assert options("finetune") == ["bias", "frozen_stats", "full", "head", "int8_head", "qat"]
+    assert options("lr_schedule") == ["constant", "cosine"]
     assert options("pretrain") == ["none", "proxy"]
     assert options("distill.where") == ["client", "none", "server_ensemble", "server_pre"]
+    assert options("client_algorithm") == ["fednova", "scaffold", "sgd"]
 
 
 @pytest.mark.parametrize("attack", options("attack"))
@@ -91,14 +93,17 @@ def test_every_strategy_option_builds_a_flower_strategy(strategy: str) -> None:
 def test_every_privacy_option_prepares_with_a_norm_it_can_protect(privacy: str) -> None:
     prepared = prepare(make_cfg(f"privacy={privacy}"))
     assert prepared.privacy.report["privacy"] == privacy
-    norms = {type(m).__name__ for m in prepared.builder().modules()}
-    assert ("BatchNorm2d" in norms) == (privacy == "none")  # DP options select norm=group
+    # DP options select the DP recipe: the pre-trained BatchNorm student, frozen statistics.
+    dp = privacy != "none"
+    assert prepared.pretraining.enabled == dp
+    assert prepared.finetune.name == ("frozen_stats" if dp else "full")
+    assert "BatchNorm2d" in {type(m).__name__ for m in prepared.builder().modules()}
 
 
 @pytest.mark.parametrize("privacy", ["central_dp", "central_dp_adaptive", "local_dp"])
 def test_dp_with_batch_norm_is_refused_by_name(privacy: str) -> None:
     with pytest.raises(ConfigError, match="^norm: privacy=.* cannot protect BatchNorm"):
-        prepare(make_cfg(f"privacy={privacy}", "norm=batch"))
+        prepare(make_cfg(f"privacy={privacy}", "norm=batch", "finetune=full"))
 
 
 @pytest.mark.parametrize("finetune", ["head", "int8_head"])

@@ -57,7 +57,7 @@ def test_a_tier_mode_no_phone_knows_is_refused_by_the_fleet():
         Fleet({"toy": profile(finetune="turbo")}, {"toy": 1.0})
     assert str(err.value) == (
         "fleet.tiers.toy.finetune (conf/device/toy.yaml): no mode 'turbo' "
-        "(choose from full, head, bias, qat, int8_head)"
+        "(choose from full, head, bias, frozen_stats, qat, int8_head)"
     )
 
 

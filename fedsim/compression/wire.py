@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedsim import keys
 from fedsim.compression.codecs import HEADER_BYTES_PER_SCALAR, VALUES, Encoded
@@ -37,6 +37,16 @@ def from_records(arrays: ArrayRecord, meta: ConfigRecord) -> tuple[Encoded, str]
     parts = {name: array.numpy() for name, array in arrays.items()}
     scalars = {name: tuple(v) for name, v in meta.items() if name != keys.PAYLOAD_KIND}
     return Encoded(parts, scalars), str(meta[keys.PAYLOAD_KIND])
+
+
+def model_record(content: RecordDict) -> tuple[str, ArrayRecord]:
+    """The model's ``(name, ArrayRecord)`` in a message: its one ArrayRecord besides a client
+    algorithm's extra tensors (:data:`fedsim.keys.ALGORITHM`)."""
+    (name, record), = (
+        (name, record) for name, record in content.array_records.items()
+        if name != keys.ALGORITHM
+    )
+    return name, record
 
 
 def whole_tensors(

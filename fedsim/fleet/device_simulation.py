@@ -74,6 +74,10 @@ class DeviceSimulation:
         its shard (shape-only costs, never run here).
     teacher_bytes : int
         Bytes of the teacher's download.
+    algorithm_copies : int
+        fp32 copies of the trained parameters a client algorithm holds while the phone trains
+        (SCAFFOLD: ``c`` and ``c_i``; :attr:`clients.algorithms.base.LocalAlgorithm.memory_copies`);
+        its extra download is in ``model_bytes``.
     """
 
     def __init__(
@@ -81,7 +85,7 @@ class DeviceSimulation:
         model: nn.Module, input_shape: tuple[int, int, int], batch_size: int, epochs: int,
         samples: Callable[[int], int], model_bytes: int, seed: int, deadline_s: float | None,
         start_hour: float, needed: int | None, one_pass: bool = False,
-        teacher: nn.Module | None = None, teacher_bytes: int = 0,
+        teacher: nn.Module | None = None, teacher_bytes: int = 0, algorithm_copies: int = 0,
     ) -> None:
         self.fleet = fleet
         self.availability = availability
@@ -103,7 +107,7 @@ class DeviceSimulation:
         self.sim_time_s = 0.0  # at the start of the round being run
         self._round: int | None = None
         self._admissions: dict[int, Admission] = {}
-        self._memory = ClientRoundMemory(model, input_shape, teacher)
+        self._memory = ClientRoundMemory(model, input_shape, teacher, held_copies=algorithm_copies)
         self._flops: dict[tuple[str, int], tuple[int, int]] = {}
         self._teacher_flops: int | None = None
 

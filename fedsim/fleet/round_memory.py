@@ -28,7 +28,9 @@ another, so their passes never add up. The stages, in the order a phone runs the
 - ``gradient`` (``update.kind=gradient``): a ``full`` step at ``chunk`` without momentum.
 - ``train``: the step at ``batch`` (plus Hinton's loss's two saved ``B x classes`` tensors when
   distilling), with what earlier stages left held: the features when the step runs on them
-  (then its working set is the classifier's alone) and the teacher's logits.
+  (then its working set is the classifier's alone) and the teacher's logits, and a client
+  algorithm's copies of the trained parameters (SCAFFOLD's ``c`` and ``c_i``: two fp32 copies,
+  ``held_copies x`` the step's gradient bytes).
 
 Left out, all small beside these stages for the MobileNets: the observers' histograms during
 calibration, FedProx's anchor copy of the trained weights, and the encoding of the upload.
@@ -108,13 +110,16 @@ class ClientRoundMemory:
         The teacher distilling phones run over their shard.
     momentum : bool
         Whether local SGD keeps a momentum buffer.
+    held_copies : int
+        fp32 copies of the trained parameters a client algorithm holds while training.
     """
 
     def __init__(
         self, model: nn.Module, input_shape: tuple[int, int, int],
-        teacher: nn.Module | None = None, momentum: bool = True,
+        teacher: nn.Module | None = None, momentum: bool = True, held_copies: int = 0,
     ) -> None:
         self.model = model
+        self.held_copies = held_copies
         self.input_shape = input_shape
         self.teacher = teacher
         self.momentum = momentum
@@ -217,16 +222,19 @@ class ClientRoundMemory:
         size = min(batch, n)
         step = self.step(mode, size)
         kd = kd_saved_bytes(size, self.classes) if distill else 0
+        # The step's gradients are fp32, one per trained parameter: the size of each copy.
+        algorithm = self.held_copies * step.gradients
         if mode.int8_backbone or mode.caches_features:
             # The classifier trains on the features: the backbone runs only in their pass.
             pass_size = min(chunk, n)
             feature_pass = self.step(mode, pass_size).forward_peak
             stages.append(Stage("features", pass_size, step.weights + features, feature_pass))
             working = max(step.activations + kd, self.classifier_pass(size))
-            stages.append(Stage("train", size, _state(step) + features + logits, working))
+            held = _state(step) + features + logits + algorithm
+            stages.append(Stage("train", size, held, working))
         else:
             working = max(step.activations + kd, step.forward_peak)
-            stages.append(Stage("train", size, _state(step) + logits, working))
+            stages.append(Stage("train", size, _state(step) + logits + algorithm, working))
         return RoundMemory(tuple(stages))
 
 

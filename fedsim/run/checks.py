@@ -3,7 +3,8 @@
 Each option checks its own values when it is built (:mod:`fedsim.run.options`); what is left are
 the rules that span options: DP with BatchNorm, over-selection with DP, FedSGD with a
 fine-tuning mode, distillation that reads what privacy hides, a client-level audit whose
-held-out shards overlap the members'. Each failure is one line naming what to fix.
+held-out shards overlap the members', a client algorithm with what it cannot run beside. Each
+failure is one line naming what to fix.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.privacy.secagg import NoSecureAggregation
 from fedsim.proxy.distillation import Distillation
+from fedsim.strategy.client_algorithm import ClientAlgorithm
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -31,8 +33,8 @@ def refuse_batch_statistics(
 
     DP covers the exchanged update; BatchNorm's running statistics would be noised into
     nonsense (a negative variance) or would have to travel unprotected. They are only a
-    problem when they travel: under ``finetune=head`` (or ``int8_head``) the backbone, its
-    statistics included, is the server's pre-trained, public model and never leaves the phone
+    problem when they travel: under ``finetune=frozen_stats`` the statistics stay the server's
+    pre-trained, public ones, and under ``head`` (or ``int8_head``) the whole backbone does
     (:mod:`fedsim.fleet.exchange`), so a BatchNorm student is fine there. ``modes`` are the
     fine-tuning modes any phone of the run can be told
     (:func:`fedsim.fleet.exchange.possible_modes`).
@@ -44,7 +46,7 @@ def refuse_batch_statistics(
         raise ConfigError(
             f"norm: privacy={privacy.report.get('privacy')} cannot protect BatchNorm running "
             f"statistics, which finetune={'/'.join(modes)} uploads; use norm=group or norm=none, "
-            "or finetune=head from a pre-trained student"
+            "or finetune=frozen_stats (the DP options' default) from a pre-trained student"
         )
 
 
@@ -98,6 +100,35 @@ def check_distillation(
         raise ConfigError(
             "distill.where: client distillation trains locally; update.kind=gradient sends one "
             "cross-entropy gradient (use kind weights or delta)"
+        )
+
+
+def check_client_algorithm(
+    algorithm: ClientAlgorithm, privacy: PrivacyPlan, secagg: Any, update: UpdateRule,
+    distill: Distillation,
+) -> None:
+    """Refuse a client algorithm (SCAFFOLD, FedNova, ...) beside what it cannot run with.
+
+    - DP and secure aggregation protect the model update; the algorithm's own tensors
+      (SCAFFOLD's control-variate change) and metrics (FedNova's steps) would travel unprotected.
+    - ``update.kind=gradient`` takes no local steps for the algorithm to work around.
+    - FedDF's server refinement (``distill.where=server_ensemble``) would sit between the
+      algorithm's server half and the replies it reads.
+    """
+    if algorithm.plain:
+        return
+    name = f"client_algorithm: {algorithm.name}"
+    if privacy.noise is not None or not isinstance(secagg, NoSecureAggregation):
+        raise ConfigError(
+            f"{name} sends tensors and metrics beside the update that DP and secure "
+            "aggregation do not cover; use privacy=none and secagg=none"
+        )
+    if update.kind == GRADIENT:
+        raise ConfigError(f"{name} works around local steps; update.kind=gradient takes none")
+    if distill.where.refines_aggregate:
+        raise ConfigError(
+            f"{name} cannot run with distill.where=server_ensemble (FedDF refines the aggregate "
+            "between the algorithm's server half and the replies)"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from flwr.server.strategy import Strategy as LegacyStrategyBase
 from flwr.serverapp.strategy import Strategy
 from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
 from hydra.errors import InstantiationException
@@ -21,6 +22,7 @@ from fedsim.config import Simulation
 from fedsim.errors import ConfigError, UserInputError
 from fedsim.privacy.plan import PrivacyPlan
 from fedsim.server.sampler import CohortSampler
+from fedsim.strategy.legacy import REFUSED, LegacyStrategy, refusal
 from fedsim.updates import UpdateRule
 
 
@@ -38,8 +40,11 @@ def instantiate_option(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise ConfigError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
 
 
+
+
 def check_strategy_class(target: str) -> None:
-    """Refuse a ``_target_`` class that is not a Strategy, or lacks a required method.
+    """Refuse a ``_target_`` class that is not a Strategy of either Flower API, a legacy class
+    fedsim cannot run, or one that lacks a required method.
 
     Checked on the class, before its constructor runs, so the message names what is wrong
     rather than whatever the constructor would trip over.
@@ -47,21 +52,29 @@ def check_strategy_class(target: str) -> None:
     cls = _locate(target)
     if not inspect.isclass(cls):
         return  # a factory function: its result is checked after instantiation
-    if not issubclass(cls, Strategy):
+    if not issubclass(cls, (Strategy, LegacyStrategyBase)):
         raise ConfigError(
-            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
-            f"subclass (its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'})"
+            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy subclass "
+            f"nor a legacy flwr.server.strategy.Strategy one (its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'})"
         )
+    base = Strategy if issubclass(cls, Strategy) else LegacyStrategyBase
+    refused = next((why for c, why in REFUSED.items() if issubclass(cls, c)), None)
+    if refused:
+        raise ConfigError(f"strategy._target_: fedsim cannot run {target!r}: {refused}")
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise ConfigError(
             f"strategy._target_: {target!r} lacks required method(s) {', '.join(missing)} "
-            f"(a Strategy implements {', '.join(sorted(Strategy.__abstractmethods__))})"
+            f"(a Strategy implements {', '.join(sorted(base.__abstractmethods__))})"
         )
 
 
 def build_strategy(node: DictConfig) -> Strategy:
-    """Instantiate the user's strategy; a one-line ConfigError if it is not a usable one."""
+    """Instantiate the user's strategy; a one-line ConfigError if it is not a usable one.
+
+    A legacy ``flwr.server.strategy`` class comes back inside the adapter that runs it
+    (:class:`fedsim.strategy.legacy.LegacyStrategy`).
+    """
     target = node.get("_target_")
     check_strategy_class(target)
     try:
@@ -70,10 +83,15 @@ def build_strategy(node: DictConfig) -> Strategy:
         cause = err.__cause__ or err
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ConfigError(f"strategy: cannot build {target!r}: {detail}") from None
+    if isinstance(strategy, LegacyStrategyBase):
+        refused = refusal(strategy)
+        if refused:
+            raise ConfigError(f"strategy._target_: fedsim cannot run {target!r}: {refused}")
+        return LegacyStrategy(strategy)
     if not isinstance(strategy, Strategy):
         raise ConfigError(
-            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy "
-            f"(got {type(strategy).__name__})"
+            f"strategy._target_: {target!r} is not a flwr.serverapp.strategy.Strategy nor a "
+            f"legacy flwr.server.strategy.Strategy (got {type(strategy).__name__})"
         )
     return strategy
 

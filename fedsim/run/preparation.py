@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from clients.finetune import FineTuneMode
 from fedsim.attacks.config import build_threat
 from fedsim.attacks.threat import ThreatModel
+from fedsim.errors import ConfigError
 from fedsim.config import (
     Faults,
     Simulation,
@@ -41,6 +42,7 @@ from fedsim.proxy.distillation import Distillation
 from fedsim.proxy.pretrain import Pretraining
 from fedsim.proxy.teacher import Teacher
 from fedsim.run.checks import (
+    check_client_algorithm,
     check_distillation,
     check_faults,
     check_fleet,
@@ -56,6 +58,7 @@ from fedsim.run.options import (
     with_assumed_malicious,
 )
 from fedsim.server.sampler import CohortSampler
+from fedsim.strategy.client_algorithm import ClientAlgorithm
 from fedsim.updates import UpdateRule
 
 
@@ -86,6 +89,7 @@ class Prepared:
     distill: Distillation
     teacher: Teacher
     learning_rate: LearningRateInstruction  # the phones' rate each round (lr_schedule)
+    algorithm: ClientAlgorithm = ClientAlgorithm()  # client_algorithm: phone and server halves
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -133,10 +137,25 @@ def prepare(cfg: DictConfig) -> Prepared:
     secagg.check(strategy)
     check_fleet(settings, fleet, finetune, budget, update, privacy)
     check_distillation(distill, privacy, secagg, update)
+    algorithm = build_client_algorithm(cfg)
+    check_client_algorithm(algorithm, privacy, secagg, update, distill)
     faults = parse_faults(cfg)
     check_faults(faults, settings)
     return Prepared(
         settings, splits, shards, builder, strategy, sampler, privacy, audit, secagg,
         faults, update, threat, fleet, availability, budget, finetune, pretraining, distill,
-        teacher, learning_rate,
+        teacher, learning_rate, algorithm,
     )
+
+
+def build_client_algorithm(cfg: DictConfig) -> ClientAlgorithm:
+    """The ``client_algorithm`` option (plain local SGD when the config has none)."""
+    if "client_algorithm" not in cfg:
+        return ClientAlgorithm()
+    algorithm = instantiate_option("client_algorithm", cfg.client_algorithm)
+    if not isinstance(algorithm, ClientAlgorithm):
+        raise ConfigError(
+            f"client_algorithm._target_: {cfg.client_algorithm.get('_target_')!r} is not a "
+            "fedsim.strategy.client_algorithm.ClientAlgorithm"
+        )
+    return algorithm

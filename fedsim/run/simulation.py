@@ -25,9 +25,11 @@ import torch
 from flwr.app import ArrayRecord
 from omegaconf import DictConfig
 
+from clients.algorithms.base import LocalAlgorithm
 from clients.client_app import ClientEnvironment, make_client_app
 from clients.training import LocalRecipe
 from fedsim.compression.error_feedback import ResidualFiles
+from fedsim.compression.phone_files import PhoneFiles
 from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.fleet.exchange import Exchange, plan_exchange, possible_modes
 from fedsim.fleet.model_size import model_bytes
@@ -97,9 +99,17 @@ def run(
     privacy = prepared.privacy.running(stack.mechanism, rounds=accounted_rounds(saved))
     evaluator = CentralEvaluator(model, prepared.splits.test, settings.eval_batch_size)
     residuals = residual_files(out_dir, prepared.update, fresh=not restored)
+    phone_state = phone_state_files(out_dir, prepared.algorithm.phone, fresh=not restored)
+    stores = [store for store in (residuals, phone_state) if store is not None]
+
+    def prune(checkpoint_round: int) -> None:
+        """Per-phone files no resume from this checkpoint can need."""
+        for store in stores:
+            store.prune(checkpoint_round)
+
     state = RunState(
         out_dir, stack_state, privacy, arrays, settings.checkpoint_every, identity, restored,
-        on_checkpoint=residuals.prune if residuals else None,
+        on_checkpoint=prune if stores else None,
     )
     display = RoundProgress(settings.rounds, progress)
     tracking = Tracking(tracker, tracked_run(cfg, out_dir, first_round=len(restored) + 1))
@@ -137,7 +147,9 @@ def run(
         with stop_on_ctrl_c(stop):
             engine.launch(
                 server_app,
-                make_client_app(client_environment(prepared, out_dir, residuals, teacher)),
+                make_client_app(
+                    client_environment(prepared, out_dir, residuals, teacher, phone_state)
+                ),
                 settings.num_slots, settings.backend, verbose, meanwhile=warm_up,
             )
     finally:
@@ -153,8 +165,9 @@ def run(
             "pretrain": pretrain_report,
             "distill": distill_report(prepared, teacher, model, state.records),
         }
-        if residuals is not None and outcome["stopped"] in FINAL:  # can be GBs; resume needs them
-            shutil.rmtree(residuals.directory, ignore_errors=True)
+        if outcome["stopped"] in FINAL:  # can be GBs; resume needs them
+            for store in stores:
+                shutil.rmtree(store.directory, ignore_errors=True)
         summary = finish(
             out_dir, state.records, state.arrays, prepared, cfg, started, extra, clock
         )
@@ -162,7 +175,7 @@ def run(
     return summary
 
 
-# Ways a run can end after which it will not be resumed (its residuals can go).
+# Ways a run can end after which it will not be resumed (its per-phone files can go).
 FINAL = ("completed", "privacy_budget")
 
 
@@ -180,22 +193,30 @@ def device_simulation(
     settings = prepared.settings
     partition = prepared.shards.load()[1]
     on_device = prepared.distill.where.on_device(teacher)
+    algorithm = prepared.algorithm.phone
+    # A client algorithm's download beside the model (SCAFFOLD's c): copies of the parameters.
+    extra_down = algorithm.download_copies * sum(
+        p.numel() * p.element_size() for p in model.parameters()
+    )
     return DeviceSimulation(
         fleet=prepared.fleet, availability=prepared.availability, budget=prepared.budget,
         finetune=prepared.finetune, model=model, input_shape=prepared.splits.input_shape,
         batch_size=settings.local.batch_size, epochs=settings.local.epochs,
-        samples=partition.size, model_bytes=model_bytes(arrays, exchange.downloaded if exchange else None), seed=settings.seed,
+        samples=partition.size,
+        model_bytes=model_bytes(arrays, exchange.downloaded if exchange else None) + extra_down,
+        seed=settings.seed,
         deadline_s=settings.deadline_s, start_hour=settings.start_hour,
         needed=settings.clients_per_round if settings.overcommit > 0 else None,
         one_pass=prepared.update.kind == GRADIENT,
         teacher=on_device.model if on_device else None,
         teacher_bytes=on_device.report["bytes_fp32"] if on_device else 0,
+        algorithm_copies=algorithm.memory_copies,
     )
 
 
 def client_environment(
     prepared: Prepared, out_dir: Path, residuals: ResidualFiles | None,
-    teacher: PreparedTeacher | None = None,
+    teacher: PreparedTeacher | None = None, phone_state: PhoneFiles | None = None,
 ) -> ClientEnvironment:
     """What every phone needs, as picklable recipes."""
     settings, local = prepared.settings, prepared.settings.local
@@ -215,6 +236,8 @@ def client_environment(
         residuals=residuals,
         teacher=phone_teacher.on_device if phone_teacher else None,
         kd=prepared.distill.loss,
+        algorithm=prepared.algorithm.phone,
+        phone_state=phone_state,
     )
 
 
@@ -233,7 +256,7 @@ def strategy_stack(
         parameter_names=frozenset(name for name, _ in model.named_parameters()),
         sampler=prepared.sampler, instructions=instructions, builder=prepared.builder,
         shards=prepared.shards, teacher_logits=teacher.proxy_logits if teacher else None,
-        seed=prepared.settings.seed, exchange=exchange,
+        seed=prepared.settings.seed, exchange=exchange, algorithm=prepared.algorithm.server,
     )
 
 
@@ -276,3 +299,17 @@ def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFi
     if fresh:
         shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
     return ResidualFiles(str(directory))
+
+
+def phone_state_files(out_dir: Path, algorithm: LocalAlgorithm, fresh: bool) -> PhoneFiles | None:
+    """Where each phone's client-algorithm state lives (SCAFFOLD's ``c_i``), if it keeps any.
+
+    Kept like error feedback's residuals: one file per participation, pruned at each
+    checkpoint, ignored for the rounds a resumed run redoes. ``fresh``: a new run starts empty.
+    """
+    if not algorithm.stateful:
+        return None
+    directory = out_dir / "phone_state"
+    if fresh:
+        shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
+    return PhoneFiles(str(directory))

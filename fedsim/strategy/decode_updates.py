@@ -16,7 +16,9 @@ refine (``held``: the phones keep them from install, see docs/on-device-learning
 every round exactly as they entered it: a weighted mean of equal float32 values is not always
 bit-equal to them, and an optimiser strategy (FedAdam) would amplify that rounding into a step.
 
-Error replies pass through untouched; the caller's replies are never modified.
+Error replies pass through untouched; the caller's replies are never modified. A client
+algorithm's record (:data:`fedsim.keys.ALGORITHM`) passes through beside the weights, for its
+server half below to read.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.compression.wire import from_records, whole_tensors
+from fedsim.compression.wire import from_records, model_record, whole_tensors
 from fedsim.strategy.wrapper import StrategyWrapper
 from fedsim.updates import WEIGHTS, UpdateRule, reconstruct
 
@@ -107,7 +109,7 @@ class DecodeUpdates(StrategyWrapper):
     def decode(self, reply: Message) -> Message:
         """A copy of ``reply`` whose content is the rebuilt weights and the client's metrics."""
         assert self._global is not None, "configure_train runs before aggregate_train"
-        (name, payload), = reply.content.array_records.items()
+        name, payload = model_record(reply.content)
         meta = reply.content[keys.PAYLOAD]
         weights = None
         if self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
@@ -121,5 +123,8 @@ class DecodeUpdates(StrategyWrapper):
             )
             weights = ArrayRecord({k: Array(np.asarray(v)) for k, v in decoded.items()})
         rebuilt = copy.copy(reply)  # shares metadata (reply_to) with the real reply
-        rebuilt.content = RecordDict({name: weights, keys.METRICS: reply.content[keys.METRICS]})
+        content = {name: weights, keys.METRICS: reply.content[keys.METRICS]}
+        if keys.ALGORITHM in reply.content.array_records:
+            content[keys.ALGORITHM] = reply.content[keys.ALGORITHM]
+        rebuilt.content = RecordDict(content)
         return rebuilt

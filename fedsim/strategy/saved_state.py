@@ -21,7 +21,10 @@ three ways:
    model the strategy was given in this round's ``configure_train`` (per-round scratch, as in
    Flower's own strategies and ``examples/custom_strategy.py``). An attribute that changed
    otherwise is state fedsim cannot see how to save: the checkpoint records that, and resuming
-   it is refused in one line naming the attribute.
+   it is refused in one line naming the attribute. A legacy ``flwr.server.strategy`` class
+   (run by :class:`fedsim.strategy.legacy.LegacyStrategy`, which itself keeps nothing) is
+   checked the same way: stock legacy FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum and
+   Bulyan keep nothing between rounds.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from flwr.serverapp.strategy import FedAvgM, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedsim.errors import UserInputError
+from fedsim.strategy.wrapper import ANY_STRATEGY
 
 # What each stock Flower class keeps between rounds (subclasses inherit the entry).
 STOCK_STATE: dict[type, tuple[str, ...]] = {
@@ -54,9 +58,10 @@ def class_name(layer: object) -> str:
 
 
 def layers(strategy: Strategy) -> list[Strategy]:
-    """``strategy`` and every strategy it wraps (each kept as ``.strategy``), outermost first."""
+    """``strategy`` and every strategy it wraps (each kept as ``.strategy``), outermost first;
+    a legacy strategy under :class:`~fedsim.strategy.legacy.LegacyStrategy` is a layer too."""
     found = [strategy]
-    while isinstance(getattr(found[-1], "strategy", None), Strategy):
+    while isinstance(getattr(found[-1], "strategy", None), ANY_STRATEGY):
         found.append(found[-1].strategy)
     return found
 

@@ -18,6 +18,10 @@ the rest to the layer inside (:class:`~fedsim.strategy.wrapper.StrategyWrapper`)
     EnsembleDistillation        FedDF: refine each aggregate on the proxy split
       |  (optional)             (distill.where=server_ensemble)  (fedsim.strategy.ensemble_distillation)
       v
+    the client algorithm's      SCAFFOLD's control variate, FedNova's normalisation
+    server half  (optional)     (client_algorithm=...)  (fedsim.strategy.scaffold, .fednova)
+      |
+      v
     CentralDP                   clip, sum, noise the updates (privacy=central_dp*)
       or LocalDPInstructions    tell the phones C and z (privacy=local_dp)
       |  (optional)                             (fedsim.strategy.central_dp, fedsim.strategy.local_dp)
@@ -28,9 +32,14 @@ Why this order: the cohort is chosen and the replies put in a fixed order before
 aggregates; every layer under :class:`DecodeUpdates` sees ordinary weights replies, as Flower's
 strategies expect; central DP clips the clients' updates themselves, right above the strategy
 that averages them, so that everything above it (the FedDF refinement, the dtype cast) is
-post-processing of a DP release.
+post-processing of a DP release. A client algorithm's server half sits on the strategy it
+pairs with (and is refused with DP and FedDF, :func:`fedsim.run.checks.check_client_algorithm`):
+it reads and strips its own record from the replies, so everything under it sees ordinary
+weights replies; the legacy adapter (:mod:`fedsim.strategy.legacy`), when the user named a
+``flwr.server.strategy`` class, is the user's strategy here.
 
-The privacy layer and the user's strategy are the stack's state (the adaptive clipping norm, the
+The client algorithm's server half, the privacy layer and the user's strategy are the stack's
+state (the adaptive clipping norm, the
 clipped counts, FedAdam's moments ...): a checkpoint holds that part as data
 (:attr:`StrategyStack.checkpointed`, :mod:`fedsim.strategy.saved_state`), and a resumed run
 builds a new stack and loads it back. The layers above it keep nothing from one round to the
@@ -51,6 +60,7 @@ from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.plan import CentralNoise, LocalNoise, Mechanism
 from fedsim.proxy.distillation import Distillation
 from fedsim.strategy.central_dp import CentralDP
+from fedsim.strategy.client_algorithm import ServerHalf
 from fedsim.strategy.decode_updates import DecodeUpdates
 from fedsim.strategy.ensemble_distillation import EnsembleDistillation
 from fedsim.strategy.local_dp import LocalDPInstructions
@@ -66,7 +76,7 @@ class StrategyStack:
     """The built stack, and the layers a run reports on or checkpoints."""
 
     top: VirtualClients  # what the round loop drives
-    checkpointed: Strategy  # the privacy wrapper (if any) around the user's strategy: the state
+    checkpointed: Strategy  # the algorithm's and privacy layers (if any) and the user's: the state
     mechanism: Mechanism | None  # the privacy wrapper, whose clipping the summary reports
 
 
@@ -102,6 +112,7 @@ def build_stack(
     teacher_logits: np.ndarray | None,
     seed: int,
     exchange: Exchange | None = None,
+    algorithm: ServerHalf | None = None,
 ) -> StrategyStack:
     """Wrap the user's ``strategy`` in fedsim's layers, outermost last (module docstring).
 
@@ -126,11 +137,16 @@ def build_stack(
     exchange : Exchange, optional
         Which tensors the phones upload (central DP's coordinates) and which they keep from
         install (:mod:`fedsim.fleet.exchange`); ``None``: everything travels.
+    algorithm : callable, optional
+        The client algorithm's server half (:mod:`fedsim.strategy.client_algorithm`), called
+        as ``algorithm(strategy, parameter_names=...)``; ``None``: plain local SGD.
     """
     uploaded = None if exchange is None or exchange.everything else exchange.uploaded
     held = exchange.held if exchange is not None else frozenset()
     checkpointed = with_privacy(strategy, noise, uploaded)
     mechanism = checkpointed if noise is not None else None
+    if algorithm is not None:
+        checkpointed = algorithm(checkpointed, parameter_names=parameter_names)
     stack = checkpointed
     if distill.where.refines_aggregate:
         stack = EnsembleDistillation(stack, distill, builder, shards, teacher_logits, seed)

@@ -8,7 +8,10 @@ the phones are virtual client ids chosen by a seeded :class:`~fedsim.server.samp
   config, e.g. FedProx's ``proximal-mu``) against a view of the grid that shows one node per
   cohort member, then re-issues that content once per virtual client, with the client id in
   the message's config, spread round-robin over the real slots. The inner strategy's own node
-  choice is discarded: nodes are slots, not phones.
+  choice is discarded: nodes are slots, not phones. A strategy that addresses its messages to
+  phones itself (``fedsim.keys.CLIENT_ID`` in the config: the legacy adapter,
+  :mod:`fedsim.strategy.legacy`, one ``FitIns`` per phone) has each phone sent its own; the
+  view's ``cohort`` tells it who they are.
 - ``aggregate_train`` hands the inner strategy the replies sorted by virtual client id, so the
   floating-point summation order, and hence the result, does not depend on which slot
   finished first.
@@ -39,9 +42,10 @@ class _CohortView(Grid):
     never block on a small slot count, and their choice among placeholders is irrelevant.
     """
 
-    def __init__(self, grid: Grid, count: int) -> None:
+    def __init__(self, grid: Grid, count: int, cohort: Iterable[int] = ()) -> None:
         self._grid = grid
         self._ids = list(range(1, count + 1))
+        self.cohort = [int(c) for c in cohort]  # the sampler's virtual phones this round
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._ids)
@@ -73,6 +77,14 @@ def client_id_of(message: Message) -> int:
         if keys.CLIENT_ID in record:
             return int(record[keys.CLIENT_ID])
     raise KeyError(f"message carries no {keys.CLIENT_ID!r}")
+
+
+def addressed_to(message: Message) -> int | None:
+    """The virtual client id a strategy addressed ``message`` to, or None (any phone)."""
+    for record in message.content.config_records.values():
+        if keys.CLIENT_ID in record:
+            return int(record[keys.CLIENT_ID])
+    return None
 
 
 def _readdress(template: Message, client_id: int, node_id: int, extra: dict) -> Message:
@@ -135,20 +147,25 @@ class VirtualClients(Strategy):
         )
         # Strategies write into the config they are given (FedAvg sets "server-round"): hand
         # them a copy so the caller's record stays as it was.
+        view = _CohortView(grid, placeholders, cohort)
         templates = list(
-            self.strategy.configure_train(
-                server_round, arrays, ConfigRecord(dict(config)), _CohortView(grid, placeholders)
-            )
+            self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), view)
         )
         if not templates:
             return []
-        config = next(iter(templates[0].content.config_records.values()), ConfigRecord())
-        extras = [(int(cid), self._extra(server_round, int(cid), cohort, config)) for cid in cohort]
+        own = {addressed_to(t): t for t in templates}
+        if None not in own:  # every message names its phone: the others are sent nothing
+            cohort = np.array([cid for cid in cohort if int(cid) in own], dtype=cohort.dtype)
+        chosen = [(int(cid), own.get(int(cid), templates[0])) for cid in cohort]
+        extras = [
+            (cid, template, self._extra(server_round, cid, cohort, _config(template)))
+            for cid, template in chosen
+        ]
         slots = sorted(grid.get_node_ids())
-        sent = [(cid, extra) for cid, extra in extras if extra is not None]
+        sent = [(cid, template, extra) for cid, template, extra in extras if extra is not None]
         return [
-            _readdress(templates[0], cid, slots[i % len(slots)], extra)
-            for i, (cid, extra) in enumerate(sent)
+            _readdress(template, cid, slots[i % len(slots)], extra)
+            for i, (cid, template, extra) in enumerate(sent)
         ]
 
     def _extra(
@@ -180,6 +197,11 @@ class VirtualClients(Strategy):
 
     def summary(self) -> None:
         self.strategy.summary()
+
+
+def _config(message: Message) -> ConfigRecord:
+    """The strategy's train config in ``message`` (empty if it sent none)."""
+    return next(iter(message.content.config_records.values()), ConfigRecord())
 
 
 def _reply_order(reply: Message) -> tuple[int, int]:

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.server.strategy import Strategy as LegacyStrategyBase
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+# Either kind of Flower strategy: a Message-API one, or a legacy one that
+# fedsim.strategy.legacy.LegacyStrategy runs (and keeps as its ``.strategy``).
+ANY_STRATEGY = (Strategy, LegacyStrategyBase)
 
 
 class StrategyWrapper(Strategy):
@@ -45,12 +50,13 @@ class StrategyWrapper(Strategy):
         self.strategy.summary()
 
 
-def innermost(strategy: Strategy) -> Strategy:
-    """The user's strategy under fedsim's and Flower's wrappers (each keeps it as ``.strategy``).
+def innermost(strategy: Strategy) -> Strategy | LegacyStrategyBase:
+    """The user's strategy under fedsim's and Flower's wrappers (each keeps it as ``.strategy``),
+    a legacy one under :class:`~fedsim.strategy.legacy.LegacyStrategy` included.
 
     Its node minimums decide how many placeholders the cohort view must show, and its name is
     the one an error message gives; a wrapper has neither of its own.
     """
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
+    while isinstance(getattr(strategy, "strategy", None), ANY_STRATEGY):
         strategy = strategy.strategy
     return strategy
