@@ -152,6 +152,23 @@ def test_lines_split_on_other_overrides_and_say_so(tmp_path: Path) -> None:
     ]
 
 
+def test_an_experiments_points_of_one_deployment_form_one_line(tmp_path: Path) -> None:
+    # +experiment=privacy_tradeoff selects each point by a subgroup; the point's noise and
+    # deployment are in its summary, so points that share a deployment share a line.
+    points = [("m100_z0.4", 0.4, 7.6, 100), ("m100_z0.85", 0.85, 0.66, 100),
+              ("m1000_z1.0", 1.0, 0.59, 1000)]
+    for i, (point, z, eps, cohort) in enumerate(points):
+        _, summary = dp(z, 0, 0.96, eps, cohort)
+        job(tmp_path, str(i), [EXPERIMENT, f"+experiment/privacy_tradeoff@_global_={point}",
+                               "simulation.seed=0"], **summary)
+    lines = epsilon_lines(aggregate(find_jobs(tmp_path)), (EXPERIMENT,))
+    assert [[r.epsilon for r in line.rows] for line in lines] == [[7.6, 0.66], [0.59]]
+    assert [line.label.split(";")[0] for line in lines] == [
+        "ε for 100 of 1000 clients a round (fixed sampling)",
+        "ε for 1000 of 10000 clients a round (fixed sampling)",
+    ]
+
+
 def test_the_accuracy_axis_is_fitted_to_the_data(dp_sweep: Path) -> None:
     table_rows = aggregate(find_jobs(dp_sweep))
     plt = pyplot()

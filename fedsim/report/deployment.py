@@ -85,8 +85,17 @@ def has_finite_epsilon(row: Row) -> bool:
 
 
 def line_key(row: Row) -> tuple:
-    """What the rows of one line share: privacy option, deployment, every other override."""
-    rest = tuple(o for o in row.setting if override_key(o) not in EPSILON_KNOBS + DEPLOYMENT_KEYS)
+    """What the rows of one line share: privacy option, deployment, every other override.
+
+    A committed experiment's point selector (``+experiment/<name>@_global_=<point>``) is not
+    one of those overrides: a point sets the noise and the deployment, which the row already
+    carries, so the points of one deployment form one line.
+    """
+    rest = tuple(
+        o for o in row.setting
+        if override_key(o) not in EPSILON_KNOBS + DEPLOYMENT_KEYS
+        and not override_key(o).lstrip("+").startswith("experiment/")
+    )
     return row.privacy, row.deployment, rest
 
 

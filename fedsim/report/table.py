@@ -89,7 +89,8 @@ def spread(row: Row, key: str, decimals: int | None = None, scale: float = 1.0) 
     def text(v: float) -> str:
         return f"{v:.{decimals}f}" if decimals is not None else short(v)
 
-    if std == 0 and key.startswith("epsilon"):
+    # Equal values can still give a std of 1e-16 (the mean's float rounding): that is zero.
+    if std <= 1e-9 * max(1.0, abs(mean)) and key.startswith("epsilon"):
         return text(mean)
     return f"{text(mean)} ± {text(std)}"
 
