@@ -295,10 +295,7 @@ def residual_files(out_dir: Path, update: UpdateRule, fresh: bool) -> ResidualFi
     """
     if not update.uses_feedback:
         return None
-    directory = out_dir / "residuals"
-    if fresh:
-        shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
-    return ResidualFiles(str(directory))
+    return ResidualFiles(_store_directory(out_dir / "residuals", fresh))
 
 
 def phone_state_files(out_dir: Path, algorithm: LocalAlgorithm, fresh: bool) -> PhoneFiles | None:
@@ -309,7 +306,12 @@ def phone_state_files(out_dir: Path, algorithm: LocalAlgorithm, fresh: bool) -> 
     """
     if not algorithm.stateful:
         return None
-    directory = out_dir / "phone_state"
+    return PhoneFiles(_store_directory(out_dir / "phone_state", fresh))
+
+
+def _store_directory(directory: Path, fresh: bool) -> str:
+    """A per-phone store's directory; a new run (``fresh``) starts it empty, since a rerun in
+    the same run dir must not read the last run's files."""
     if fresh:
-        shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same dir must start clean
-    return PhoneFiles(str(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+    return str(directory)
