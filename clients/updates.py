@@ -32,7 +32,6 @@ from fedsim.updates import DELTA, GRADIENT, WEIGHTS, UpdateRule
 Update = dict[str, np.ndarray]
 
 
-
 @dataclass(frozen=True)
 class GradientResult:
     """One full-batch gradient and what it cost."""

@@ -40,8 +40,6 @@ def instantiate_option(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise ConfigError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
 
 
-
-
 def check_strategy_class(target: str) -> None:
     """Refuse a ``_target_`` class that is not a Strategy of either Flower API, a legacy class
     fedsim cannot run, or one that lacks a required method.
