@@ -106,6 +106,9 @@ class Simulation:
     start_hour: float  # local hour of day at simulated time 0 (availability curves)
     local: LocalTraining
     backend: Backend
+    # End the run after the first evaluation that reaches target_accuracy (a default, so that a
+    # run saved before this field existed still resumes).
+    stop_at_target: bool = False
 
     def __post_init__(self) -> None:
         for key in (
@@ -163,6 +166,11 @@ class Simulation:
             self.target_accuracy is None or 0 < self.target_accuracy <= 1,
             "simulation.target_accuracy",
             f"must be in (0, 1] or null, got {self.target_accuracy}",
+        )
+        _require(
+            not self.stop_at_target or self.target_accuracy is not None,
+            "simulation.stop_at_target",
+            "needs simulation.target_accuracy",
         )
         _require(
             0 <= self.start_hour < 24,

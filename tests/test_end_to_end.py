@@ -59,6 +59,20 @@ def test_user_strategy_by_target(tmp_path: Path) -> None:
     assert [r["completed"] for r in rounds(tmp_path)] == [4, 4]
 
 
+def test_user_model_by_target_stops_at_its_target(tmp_path: Path) -> None:
+    """McMahan et al.'s CNN from examples/ as the student; any model beats 5 %, so the run ends
+    after its first evaluation instead of running its three rounds."""
+    run_cli(
+        tmp_path, "model._target_=examples.mcmahan_cnn.mcmahan_cnn", "simulation.rounds=3",
+        "simulation.target_accuracy=0.05", "simulation.stop_at_target=true",
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["round"] for r in rounds(tmp_path)] == [1]
+    assert summary["stopped"] == "target_reached" and summary["round_to_target"] == 1
+    state = torch.load(tmp_path / "model.pt")
+    assert state["dense.0.weight"].shape == (512, 64 * 2 * 2)  # 8x8 digits, pooled twice
+
+
 def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
     """A mixed fleet under `adapt` from a pre-trained student, distilling on the phones from a
     teacher only some tiers can hold: each tier trains as it can, and says so."""

@@ -44,6 +44,12 @@ def test_plan_evaluates_every_n_and_the_last_round() -> None:
     assert [r for r in range(1, 8) if plan.evaluates(r)] == [3, 6, 7]
 
 
+def test_plan_stops_only_at_an_evaluation_that_reaches_its_target() -> None:
+    plan = RoundPlan(rounds=7, eval_every=1, round_timeout_s=1.0, slots=1, stop_at=0.8)
+    assert [plan.reached(a) for a in (None, 0.79, 0.8, 0.95)] == [False, False, True, True]
+    assert not RoundPlan(rounds=7, eval_every=1, round_timeout_s=1.0, slots=1).reached(1.0)
+
+
 def sent(client_id: int) -> Message:
     content = RecordDict({"config": ConfigRecord({keys.CLIENT_ID: client_id})})
     msg = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)

@@ -205,7 +205,6 @@ class ClientRoundMemory:
         """
         n = max(samples, 1)
         logits = n * self.classes * FP32_BYTES if distill else 0
-        features = n * self.feature_channels * FP32_BYTES
         stages = []
         if distill:
             size = min(chunk, n)
@@ -225,7 +224,9 @@ class ClientRoundMemory:
         # The step's gradients are fp32, one per trained parameter: the size of each copy.
         algorithm = self.held_copies * step.gradients
         if mode.int8_backbone or mode.caches_features:
-            # The classifier trains on the features: the backbone runs only in their pass.
+            # The classifier trains on the features: the backbone runs only in their pass. (Only
+            # here: a user model without the features/classifier seam trains `full`.)
+            features = n * self.feature_channels * FP32_BYTES
             pass_size = min(chunk, n)
             feature_pass = self.step(mode, pass_size).forward_peak
             stages.append(Stage("features", pass_size, step.weights + features, feature_pass))

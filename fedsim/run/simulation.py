@@ -131,6 +131,7 @@ def run(
         round_timeout_s=settings.round_timeout_s, slots=settings.num_slots,
         first_round=len(restored) + 1, client_timeout_s=settings.client_timeout_s,
         min_completed=settings.min_completed,
+        stop_at=settings.target_accuracy if settings.stop_at_target else None,
     )
     stop = threading.Event()
     server_app = make_server_app(
@@ -176,7 +177,7 @@ def run(
 
 
 # Ways a run can end after which it will not be resumed (its per-phone files can go).
-FINAL = ("completed", "privacy_budget")
+FINAL = ("completed", "privacy_budget", "target_reached")
 
 
 def run_exchange(prepared: Prepared, model: torch.nn.Module) -> Exchange:

@@ -44,10 +44,15 @@ class RoundPlan:
     first_round: int = 1  # > 1 when resuming from a checkpoint
     client_timeout_s: float | None = None
     min_completed: int = 1
+    stop_at: float | None = None  # end the run once an evaluation reaches this accuracy
 
     def evaluates(self, server_round: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always at the last round."""
         return server_round % self.eval_every == 0 or server_round == self.rounds
+
+    def reached(self, accuracy: float | None) -> bool:
+        """Whether an evaluation's ``accuracy`` ends the run (``stop_at`` set and reached)."""
+        return self.stop_at is not None and accuracy is not None and accuracy >= self.stop_at
 
 
 @dataclass(frozen=True)
@@ -279,4 +284,6 @@ def run_rounds(
             bytes_down=bytes_down,
         )
         on_round(record, arrays)
+        if plan.reached(record.accuracy):  # rounds-to-target experiments need no more rounds
+            return "target_reached"
     return "completed"

@@ -24,7 +24,10 @@ from fedsim.report.trackers.base import (
 NOT_ARTIFACTS = ("checkpoint.safetensors", "checkpoint.pkl", "residuals", ".fedsim", "mlruns")
 RUN_ID_FILE = Path(".fedsim") / "mlflow_run_id"  # a resumed run continues its MLflow run
 # How a fedsim run's `stopped` maps to an MLflow run status.
-STATUS = {"completed": "FINISHED", "privacy_budget": "FINISHED", "interrupted": "KILLED"}
+STATUS = {
+    "completed": "FINISHED", "privacy_budget": "FINISHED", "target_reached": "FINISHED",
+    "interrupted": "KILLED",
+}
 
 
 def default_tracking_uri(run_dir: Path) -> str:
