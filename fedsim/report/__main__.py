@@ -2,7 +2,10 @@
 
 ``overview.png`` draws every job's accuracy against rounds and simulated time
 (:mod:`fedsim.report.overview`); ``tradeoff.{csv,md,png}`` tabulates the privacy/accuracy
-trade-off of the finished jobs (:mod:`fedsim.report.tradeoff`). Both are written automatically
+trade-off of the finished jobs (:mod:`fedsim.report.tradeoff`); ``rounds_to_target.{md,png}``
+the rounds each setting needed to reach the jobs' target accuracy, when they have one
+(:mod:`fedsim.report.rounds_to_target`; ``--baseline`` sets or replaces the config's
+``report.baseline``). All are written automatically
 at the end of every ``run_sim.py -m`` sweep by :class:`fedsim.report.callbacks.TradeoffReport`;
 this command re-writes them, e.g. for a sweep that was interrupted, or one whose jobs were run
 separately into one directory.
@@ -14,7 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedsim.report import rounds_to_target
 from fedsim.report.overview import OVERVIEW, write_overview
+from fedsim.report.sweep import find_jobs
 from fedsim.report.tradeoff import OUTPUTS, write_report
 
 
@@ -22,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedsim.report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (gets the files)")
     parser.add_argument("more", type=Path, nargs="*", help="more sweeps to include, e.g. a baseline")
+    parser.add_argument(
+        "--baseline", metavar="OVERRIDE",
+        help="rounds-to-target speed-ups against the same setting with this override",
+    )
     args = parser.parse_args(argv)
     for directory in (args.sweep_dir, *args.more):
         if not directory.is_dir():
@@ -42,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if rows is not None:
         print((args.sweep_dir / OUTPUTS[1]).read_text(), end="")
+    jobs = [job for i, d in enumerate((args.sweep_dir, *args.more)) for job in find_jobs(d, i)]
+    if rounds_to_target.write_rounds_to_target(args.sweep_dir, jobs, args.baseline) is not None:
+        written += [args.sweep_dir / o for o in rounds_to_target.OUTPUTS]
+        print((args.sweep_dir / rounds_to_target.OUTPUTS[0]).read_text(), end="")
     settings = "no finished run" if rows is None else f"{len(rows)} settings"
     print(f"{len(curves)} runs, {settings}; wrote " + ", ".join(str(p) for p in written))
     return 0

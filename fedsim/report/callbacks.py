@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 
 
 class TradeoffReport(Callback):
-    """After ``run_sim.py -m ...`` finishes, write ``overview.png`` (every job's accuracy curve)
-    and ``tradeoff.{csv,md,png}`` into the sweep dir.
+    """After ``run_sim.py -m ...`` finishes, write ``overview.png`` (every job's accuracy curve),
+    ``tradeoff.{csv,md,png}`` and, when the jobs have a target accuracy,
+    ``rounds_to_target.{md,png}`` into the sweep dir.
 
     A report failure must not look like a failed sweep: it is one line on stderr, and
     ``python -m fedsim.report <dir>`` can write it again.
@@ -21,6 +22,8 @@ class TradeoffReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here: keep `run_sim.py` start fast.
         from fedsim.report.overview import OVERVIEW, write_overview
+        from fedsim.report.rounds_to_target import write_rounds_to_target
+        from fedsim.report.sweep import find_jobs
         from fedsim.report.tradeoff import OUTPUTS, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -35,3 +38,8 @@ class TradeoffReport(Callback):
             print(f"fedsim: trade-off report not written: {err}", file=sys.stderr)
             return
         print(f"fedsim: {len(rows)} settings -> {sweep_dir / OUTPUTS[1]}")
+        try:
+            if write_rounds_to_target(sweep_dir, find_jobs(sweep_dir)) is not None:
+                print(f"fedsim: rounds to target -> {sweep_dir / 'rounds_to_target.md'}")
+        except Exception as err:  # noqa: BLE001 - reported, never raised: the jobs are done
+            print(f"fedsim: rounds-to-target report not written: {err}", file=sys.stderr)

@@ -24,7 +24,7 @@ SEED_KEY = "simulation.seed"
 # Overrides that change how a run is shown, logged, placed or restarted, never a figure of its
 # summary.json, so jobs differing only in them are one setting. Each entry also covers its
 # sub-keys (``logger`` covers ``logger.experiment``; ``hydra`` every ``hydra.*``).
-# - progress, verbose, logger: display and experiment tracking;
+# - progress, verbose, logger, report: display, experiment tracking and the sweep report;
 # - resume: a resumed run reproduces the uninterrupted one (docs/reliability.md);
 # - hydra: where the job's files go, the launcher;
 # - simulation.backend, simulation.slots: Ray resources and execution slots; replies are
@@ -33,8 +33,8 @@ SEED_KEY = "simulation.seed"
 # - simulation.eval_batch_size: the test split is evaluated in eval mode, so the batch size only
 #   changes float summation order, not which predictions are right.
 IGNORED_KEYS = (
-    "progress", "verbose", "logger", "resume", "hydra", "simulation.backend", "simulation.slots",
-    "simulation.checkpoint_every", "simulation.eval_batch_size",
+    "progress", "verbose", "logger", "report", "resume", "hydra", "simulation.backend",
+    "simulation.slots", "simulation.checkpoint_every", "simulation.eval_batch_size",
 )
 
 

@@ -1,0 +1,234 @@
+"""Rounds to a target accuracy, per setting of a sweep, and each setting's speed-up over a baseline.
+
+The figure of McMahan et al. 2017 (Table 2: "number of communication rounds to reach a target
+accuracy"): every job's ``summary.json`` has ``round_to_target``, the first evaluated round whose
+accuracy reached ``simulation.target_accuracy`` (``null``: not within the run's rounds;
+``simulation.stop_at_target`` ends a run there). Per setting (seeds pooled,
+:mod:`fedsim.report.sweep`) the table gives how many seeds reached the target, the mean ± sample
+std of their rounds and, when the jobs' config names a baseline override (``report.baseline``,
+e.g. ``update.kind=gradient``), the speed-up: the baseline's mean rounds over the setting's, the
+baseline being the setting with that override in place of the setting's own value of its key (so
+FedAvg on IID data is compared with FedSGD on IID data). A speed-up needs every seed of both
+settings to have reached the target; otherwise it is a bound (``>= x``) or not given.
+
+Written beside the trade-off report (``rounds_to_target.md`` and ``.png``) when the sweep's jobs
+have a target; everything in it is re-derivable from the jobs' ``summary.json`` files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsim.report.rows import Stat, mean_std
+from fedsim.report.sweep import Job, common_overrides, override_key, varying_label
+
+OUTPUTS = ("rounds_to_target.md", "rounds_to_target.png")
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """One setting's rounds to the target over its seeds."""
+
+    setting: tuple[str, ...]
+    label: str
+    rounds: tuple[int | None, ...]  # per seed; None: not reached within ``ran``
+    ran: int  # the most rounds a seed that missed the target ran (0: every seed reached it)
+    final_accuracy: Stat
+
+    @property
+    def reached(self) -> int:
+        """Seeds that reached the target."""
+        return sum(r is not None for r in self.rounds)
+
+    @property
+    def stat(self) -> Stat | None:
+        """Mean ± std of the rounds of the seeds that reached it (``None``: none did)."""
+        done = [float(r) for r in self.rounds if r is not None]
+        return mean_std(done) if done else None
+
+
+def target_rows(jobs: Sequence[Job]) -> list[TargetRow]:
+    """One :class:`TargetRow` per setting, in sweep order."""
+    by_setting: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        by_setting.setdefault(job.setting, []).append(job)
+    common = common_overrides(by_setting)
+    rows = []
+    for setting, group in by_setting.items():
+        group = sorted(group, key=lambda job: (job.seed is None, job.seed))
+        rounds = tuple(job.summary.get("round_to_target") for job in group)
+        missed = [int(job.summary.get("rounds") or 0) for job in group
+                  if job.summary.get("round_to_target") is None]
+        rows.append(TargetRow(
+            setting, varying_label(setting, common), rounds, max(missed, default=0),
+            mean_std([float(job.summary["final_accuracy"]) for job in group]),
+        ))
+    return rows
+
+
+def baseline_of(setting: tuple[str, ...], baseline: str) -> frozenset[str] | None:
+    """The setting ``setting`` is compared with: its override of ``baseline``'s key replaced by
+    ``baseline`` (``None`` when ``setting`` does not set that key).
+
+    >>> sorted(baseline_of(("partition=iid", "+r@_global_=e5"), "+r@_global_=sgd"))
+    ['+r@_global_=sgd', 'partition=iid']
+    >>> baseline_of(("partition=iid",), "+r@_global_=sgd") is None
+    True
+    """
+    key = override_key(baseline)
+    if not any(override_key(o) == key for o in setting):
+        return None
+    return frozenset(baseline if override_key(o) == key else o for o in setting)
+
+
+def speedup(row: TargetRow, base: TargetRow) -> tuple[float, str] | None:
+    """``(factor, relation)``: ``base``'s mean rounds over ``row``'s, ``"="`` when every seed of
+    both reached the target, ``">="`` when only the baseline missed (its rounds then count as
+    the rounds it ran, so the factor is a lower bound); ``None`` when ``row`` missed it.
+
+    >>> r = lambda *rounds, ran=0: TargetRow((), "", rounds, ran, Stat(0.8, 0.0, len(rounds)))
+    >>> speedup(r(2, 4), r(60, 90))
+    (25.0, '=')
+    >>> speedup(r(2, 4), r(60, None, ran=100))
+    (26.666666666666668, '>=')
+    >>> speedup(r(2, None, ran=50), r(60, 90)) is None
+    True
+    """
+    if row.reached < len(row.rounds) or row.stat is None:
+        return None
+    base_rounds = [float(r) if r is not None else float(base.ran) for r in base.rounds]
+    factor = (sum(base_rounds) / len(base_rounds)) / row.stat.mean
+    return factor, "=" if base.reached == len(base.rounds) else ">="
+
+
+def rounds_cell(row: TargetRow) -> str:
+    """``12.3 ± 1.5`` over the seeds that reached it, ``> 100`` when none did.
+
+    >>> rounds_cell(TargetRow((), "", (2, 3, None), 100, Stat(0.8, 0.0, 3)))
+    '2.5 ± 0.7 (2 of 3; 1 not within 100)'
+    """
+    stat = row.stat
+    if stat is None:
+        return f"> {row.ran}"
+    cell = f"{stat.mean:.1f} ± {stat.std:.1f}"
+    missed = len(row.rounds) - row.reached
+    if missed:
+        cell += f" ({row.reached} of {len(row.rounds)}; {missed} not within {row.ran})"
+    return cell
+
+
+def markdown(rows: list[TargetRow], target: float, baseline: str | None, title: str,
+             common: tuple[str, ...]) -> list[str]:
+    """The table's lines."""
+    index = {frozenset(row.setting): row for row in rows}
+    lines = [
+        f"# {title}", "",
+        f"Rounds until the global model's test accuracy first reached {target:g} "
+        f"(`round_to_target` in each run's summary.json), mean ± sample std over the seeds that "
+        f"reached it. Every run: {' '.join(common) or 'config defaults'}.",
+    ]
+    if baseline:
+        lines.append(
+            f"Speed-up: the mean rounds of the same setting with `{baseline}` over this setting's "
+            "(>=: the baseline missed the target in some seed; its rounds run count instead)."
+        )
+    lines += ["", "| setting | seeds | rounds to target | speed-up | final accuracy |",
+              "|---|---|---|---|---|"]
+    for row in rows:
+        peer = baseline_of(row.setting, baseline) if baseline else None
+        base = index.get(peer) if peer is not None else None
+        factor = speedup(row, base) if base is not None and base is not row else None
+        shown = "baseline" if base is row else (
+            f"{'' if factor[1] == '=' else '>= '}{factor[0]:.1f}x" if factor else "-"
+        )
+        final = row.final_accuracy
+        lines.append(
+            f"| {row.label} | {len(row.rounds)} | {rounds_cell(row)} | {shown} | "
+            f"{final.mean:.4f} ± {final.std:.4f} |"
+        )
+    return lines
+
+
+def plot(rows: list[TargetRow], baseline: str | None, path: Path, title: str) -> None:
+    """Rounds to target per setting on a log axis, one colour per baseline group (the settings
+    sharing everything but the baseline key), the seeds' spread as error bars, and seeds that
+    missed the target as a hollow triangle at the rounds they ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = override_key(baseline) if baseline else None
+    groups: dict[tuple[str, ...], list[TargetRow]] = {}
+    for row in rows:
+        rest = tuple(o for o in row.setting if override_key(o) != key)
+        groups.setdefault(rest, []).append(row)
+    common = common_overrides(groups)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ticks: list[str] = []
+    for i, (rest, members) in enumerate(groups.items()):
+        colour = plt.get_cmap("tab10")(i % 10)
+        for row in members:
+            own = next((o for o in row.setting if override_key(o) == key), None)
+            name = own.split("=", 1)[1] if own else row.label
+            if name not in ticks:
+                ticks.append(name)
+            x = ticks.index(name) + (i - (len(groups) - 1) / 2) * 0.12
+            stat = row.stat
+            if stat is not None:
+                ax.errorbar(x, stat.mean, yerr=stat.std, fmt="o", color=colour, capsize=3,
+                            label=varying_label(rest, common) if row is members[0] else None)
+            if row.reached < len(row.rounds):  # a miss: a hollow triangle at the rounds it ran
+                missed = len(row.rounds) - row.reached
+                ax.plot(x, row.ran, marker="^", markersize=9, mfc="none", color=colour,
+                        label=varying_label(rest, common) if stat is None and row is members[0]
+                        else None)
+                ax.annotate(f"{missed} of {len(row.rounds)} not reached", (x, row.ran),
+                            (4, 6), textcoords="offset points", fontsize=7, color=colour)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(ticks)), ticks)
+    ax.set_ylabel("rounds to target (log)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report_settings(jobs: Sequence[Job]) -> tuple[float | None, str | None]:
+    """``(target_accuracy, report.baseline)`` from the jobs' summaries and saved configs."""
+    targets = {job.summary.get("target_accuracy") for job in jobs} - {None}
+    baseline = None
+    for job in jobs:
+        config = job.run_dir / ".hydra" / "config.yaml"
+        if config.exists():
+            saved: dict[str, Any] = yaml.safe_load(config.read_text()) or {}
+            baseline = (saved.get("report") or {}).get("baseline") or baseline
+    return (min(targets) if len(targets) == 1 else None), baseline
+
+
+def write_rounds_to_target(
+    sweep_dir: Path, jobs: Sequence[Job], baseline: str | None = None,
+) -> list[TargetRow] | None:
+    """Write :data:`OUTPUTS` into ``sweep_dir`` when every job has one target; return the rows.
+
+    ``baseline``: the override speed-ups are against; ``None``: the jobs' ``report.baseline``.
+    """
+    target, configured = report_settings(jobs)
+    baseline = baseline or configured
+    if target is None or math.isnan(target):
+        return None
+    rows = target_rows(jobs)
+    common = common_overrides(row.setting for row in rows)
+    title = f"Rounds to {target:g} accuracy: `{sweep_dir}`, {len(jobs)} runs"
+    (sweep_dir / OUTPUTS[0]).write_text("\n".join(markdown(rows, target, baseline, title, common)) + "\n")
+    plot(rows, baseline, sweep_dir / OUTPUTS[1], f"{sweep_dir}: rounds to {target:g} accuracy")
+    return rows

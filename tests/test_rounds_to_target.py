@@ -1,0 +1,101 @@
+"""The rounds-to-target report on a fake sweep, every number checkable by hand.
+
+FedSGD needs 60, 90 and (seed 2) more than its 100 rounds on IID data; FedAvg 2, 4 and 3: its
+mean is 3, the baseline's at least (60 + 90 + 100) / 3 = 83.3, so the speed-up is >= 27.8x. On
+the shards FedSGD needs 80 and 100 (mean 90), FedAvg 10 and 20 (mean 15, std 7.07): 6.0x.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedsim.report import rounds_to_target
+from fedsim.report.rounds_to_target import OUTPUTS, write_rounds_to_target
+from fedsim.report.sweep import find_jobs
+from tests.helpers import ROOT
+
+RECIPE = "+experiment/mcmahan2017@_global_"
+BASELINE = f"{RECIPE}=fedsgd"
+
+
+def job(root: Path, name: str, partition: str, recipe: str, seed: int, reached: int | None,
+        rounds: int, baseline: str | None = BASELINE) -> None:
+    directory = root / name / ".hydra"
+    directory.mkdir(parents=True)
+    overrides = ["+experiment=mcmahan2017", f"simulation.seed={seed}", f"partition={partition}",
+                 f"{RECIPE}={recipe}"]
+    (directory / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (directory / "config.yaml").write_text(yaml.safe_dump({"report": {"baseline": baseline}}))
+    summary = {"final_accuracy": 0.75 if reached else 0.7, "round_to_target": reached,
+               "rounds": rounds, "target_accuracy": 0.75, "seed": seed}
+    (root / name / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    runs = [
+        ("iid", "fedsgd", [60, 90, None]), ("iid", "e5_b10", [2, 4, 3]),
+        ("shards", "fedsgd", [80, 100]), ("shards", "e5_b10", [10, 20]),
+    ]
+    n = 0
+    for partition, recipe, reached in runs:
+        for seed, r in enumerate(reached):
+            job(tmp_path, str(n), partition, recipe, seed, r, r if r else 100)
+            n += 1
+    return tmp_path
+
+
+def table(sweep: Path) -> dict[str, list[str]]:
+    lines = (sweep / OUTPUTS[0]).read_text().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    return {row[0]: row[1:] for row in cells[1:]}
+
+
+def test_rounds_speedups_and_misses_by_hand(sweep: Path) -> None:
+    rows = write_rounds_to_target(sweep, find_jobs(sweep))
+    assert rows is not None and len(rows) == 4
+    cells = table(sweep)
+    assert cells[f"partition=iid {BASELINE}"] == [
+        "3", "75.0 ± 21.2 (2 of 3; 1 not within 100)", "baseline", "0.7333 ± 0.0289",
+    ]
+    assert cells[f"partition=iid {RECIPE}=e5_b10"][1:3] == ["3.0 ± 1.0", ">= 27.8x"]
+    assert cells[f"partition=shards {BASELINE}"][1:3] == ["90.0 ± 14.1", "baseline"]
+    assert cells[f"partition=shards {RECIPE}=e5_b10"][1:3] == ["15.0 ± 7.1", "6.0x"]
+    assert (sweep / OUTPUTS[1]).stat().st_size > 1000
+
+
+def test_no_target_no_report_and_no_baseline_no_speedup(tmp_path: Path) -> None:
+    job(tmp_path, "0", "iid", "e1_b10", 0, 5, 5, baseline=None)
+    job(tmp_path, "1", "iid", "fedsgd", 0, 50, 50, baseline=None)
+    write_rounds_to_target(tmp_path, find_jobs(tmp_path))
+    assert [row[2] for row in table(tmp_path).values()] == ["-", "-"]
+    # A baseline given on the command line instead: 50 / 5 = 10x.
+    write_rounds_to_target(tmp_path, find_jobs(tmp_path), baseline=BASELINE)
+    assert table(tmp_path)[f"{RECIPE}=e1_b10"][2] == "10.0x"
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    summary["target_accuracy"] = None
+    for name in ("0", "1"):
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / OUTPUTS[0]).unlink()
+    assert write_rounds_to_target(tmp_path, find_jobs(tmp_path)) is None
+    assert not (tmp_path / OUTPUTS[0]).exists()
+
+
+def test_command_line_writes_it_beside_the_tradeoff_report(sweep: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim.report", str(sweep)], cwd=ROOT, capture_output=True,
+        text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ">= 27.8x" in result.stdout and str(sweep / OUTPUTS[0]) in result.stdout
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(rounds_to_target).failed == 0
