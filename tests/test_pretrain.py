@@ -133,7 +133,7 @@ def test_pretraining_beats_chance_and_second_call_is_a_bit_identical_cache_hit(
 
 def tiny_run(cache_dir: Path, **fields) -> tuple[dict, dict]:
     shards, builder = digits_setup(0.05)
-    config = Pretraining(fraction=0.05, epochs=1, cache_dir=str(cache_dir), **fields)
+    config = Pretraining(**{"fraction": 0.05, "epochs": 1, "cache_dir": str(cache_dir), **fields})
     return pretrained_state(config, builder, shards)
 
 
@@ -156,6 +156,19 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
 
 
+def test_max_steps_caps_whole_epochs_and_the_report_says_how_many(tmp_path: Path) -> None:
+    # 5 % of digits' 1437 training images: 72 proxy images, 9 steps an epoch at batch 8; a budget
+    # of 20 steps allows 2 whole epochs of the 5 asked for, of 100 steps all 5.
+    assert Pretraining(epochs=5, batch_size=8, max_steps=20).epochs_for(72) == 2
+    assert Pretraining(epochs=5, batch_size=8, max_steps=100).epochs_for(72) == 5
+    assert Pretraining(epochs=5, batch_size=8, max_steps=3).epochs_for(72) == 1  # at least one
+    capped, report = tiny_run(tmp_path, epochs=5, batch_size=8, max_steps=20)
+    assert report["proxy_samples"] == 72 and report["epochs"] == 2
+    same, again = tiny_run(tmp_path / "b", epochs=2, batch_size=8)
+    assert again["epochs"] == 2 and again["key"] != report["key"]
+    assert all(np.array_equal(capped[k], same[k]) for k in same)  # two epochs either way
+
+
 def test_cache_key_covers_what_determines_the_weights() -> None:
     base = Pretraining(fraction=0.1)
     model = {"model": {"width_mult": 0.5}, "norm": {"_target_": "a"}}
@@ -164,6 +177,7 @@ def test_cache_key_covers_what_determines_the_weights() -> None:
     assert key == cache_key(Pretraining(fraction=0.1, cache_dir="/elsewhere"), DIGITS, model)
     assert key != cache_key(Pretraining(fraction=0.1, epochs=11), DIGITS, model)
     assert key != cache_key(Pretraining(fraction=0.1, seed=1), DIGITS, model)
+    assert key != cache_key(Pretraining(fraction=0.1, max_steps=100), DIGITS, model)
     assert key != cache_key(Pretraining(fraction=0.2), DIGITS, model)
     assert key != cache_key(base, {**DIGITS, "test_fraction": 0.3}, model)
     assert key != cache_key(base, DIGITS, {**model, "norm": {"_target_": "b"}})
@@ -194,6 +208,7 @@ def test_shards_must_hold_out_this_proxy_split(tmp_path: Path) -> None:
         ("momentum", 1.0, "pretrain.momentum: must be in [0, 1), got 1.0"),
         ("weight_decay", -1.0, "pretrain.weight_decay: must be >= 0, got -1.0"),
         ("seed", -1, "pretrain.seed: must be >= 0, got -1"),
+        ("max_steps", 0, "pretrain.max_steps: must be >= 1 or null, got 0"),
     ],
 )
 def test_config_errors_are_one_line(field: str, value: object, message: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -67,6 +68,10 @@ class Pretraining:
         the proxy split and pre-training off.
     epochs, batch_size, lr, momentum, weight_decay
         SGD on the proxy split.
+    max_steps : int or None
+        At most this many SGD steps, in whole epochs (at least one): a large proxy split stops
+        early instead of running every epoch, a small one is unaffected
+        (:meth:`epochs_for`). ``None``: every epoch.
     seed : int
         Seed of the proxy split, the student's initialisation and the shuffles; independent of
         the run seed so that runs with different seeds start from the same student.
@@ -84,6 +89,7 @@ class Pretraining:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    max_steps: int | None = None
     seed: int = 0
     cache_dir: str = field(default="~/.cache/fedsim/pretrain", metadata=NOT_IN_KEY)
     client_lr: float = field(default=0.02, metadata=NOT_IN_KEY)
@@ -96,12 +102,26 @@ class Pretraining:
             ("lr", self.lr > 0, "must be > 0"),
             ("momentum", 0.0 <= self.momentum < 1.0, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1 or null"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("cache_dir", bool(str(self.cache_dir).strip()), "must be a directory path"),
         )
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"pretrain.{name}: {rule}, got {getattr(self, name)!r}")
+
+    def epochs_for(self, samples: int) -> int:
+        """Epochs over ``samples`` proxy images: ``epochs``, or fewer whole epochs when they would
+        take more than ``max_steps`` steps (never fewer than one).
+
+        >>> recipe = Pretraining(epochs=50, batch_size=16, max_steps=2000)
+        >>> recipe.epochs_for(144), recipe.epochs_for(6000), recipe.epochs_for(60000)
+        (50, 5, 1)
+        """
+        if self.max_steps is None:
+            return self.epochs
+        steps_per_epoch = math.ceil(samples / self.batch_size)
+        return max(1, min(self.epochs, self.max_steps // steps_per_epoch))
 
     @property
     def enabled(self) -> bool:
@@ -168,8 +188,9 @@ def pretrain_student(
     global generator, so that is seeded too, inside ``fork_rng`` so the caller's stream is
     untouched.
     """
+    epochs = pretraining.epochs_for(len(y))
     recipe = LocalRecipe(
-        epochs=pretraining.epochs, batch_size=pretraining.batch_size, lr=pretraining.lr,
+        epochs=epochs, batch_size=pretraining.batch_size, lr=pretraining.lr,
         momentum=pretraining.momentum, weight_decay=pretraining.weight_decay,
     )
     started = time.perf_counter()
@@ -181,7 +202,7 @@ def pretrain_student(
     seconds = time.perf_counter() - started
     accuracy = evaluate_model(model, ArrayDataset(x.numpy(), y.numpy()), _EVAL_BATCH).accuracy
     return PretrainReport(
-        epochs=pretraining.epochs, samples=len(y), seconds=seconds,
+        epochs=epochs, samples=len(y), seconds=seconds,
         train_loss=result.mean_loss, train_accuracy=accuracy,
     )
 
@@ -285,7 +306,7 @@ def pretrained_state(
     report = {
         "fraction": pretraining.fraction,
         "proxy_samples": len(shards.proxy_indices()),
-        "epochs": pretraining.epochs,
+        "epochs": cached["epochs"],  # within pretrain.max_steps
         "cache": "hit" if hit else "miss",
         "key": key,
         "train_seconds": cached["seconds"],
