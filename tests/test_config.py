@@ -117,6 +117,16 @@ def test_dp_with_batch_norm_is_allowed_when_its_statistics_never_leave_the_phone
     assert "BatchNorm2d" in {type(m).__name__ for m in prepared.builder().modules()}
 
 
+@pytest.mark.parametrize("finetune", ["head", "bias", "int8_head"])
+def test_a_mode_a_user_model_lacks_the_seam_for_is_refused_in_one_line(finetune: str) -> None:
+    model = "model._target_=examples.mcmahan_cnn.mcmahan_cnn"
+    with pytest.raises(ConfigError) as err:
+        prepare(make_cfg(model, f"finetune={finetune}"))
+    assert str(err.value).startswith(f"finetune: {finetune} cannot run on mcmahan_cnn: ")
+    assert "\n" not in str(err.value)
+    assert prepare(make_cfg(model, "finetune=full")).builder().out.out_features == 10
+
+
 def test_dp_with_batch_norm_is_refused_when_a_fallback_mode_uploads_statistics() -> None:
     # budget.policy=adapt may fall back from head to bias, which uploads the statistics.
     with pytest.raises(ConfigError, match="cannot protect BatchNorm .* finetune=head/bias"):

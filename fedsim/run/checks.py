@@ -26,6 +26,22 @@ from fedsim.strategy.client_algorithm import ClientAlgorithm
 from fedsim.updates import GRADIENT, UpdateRule
 
 
+def check_model_seams(builder: ModelBuilder, modes: tuple[str, ...]) -> None:
+    """Refuse a fine-tuning mode the student cannot run, in one line before Ray starts.
+
+    Head, bias and quantised modes find the classifier through the ``features``/``classifier``
+    seam of ``fedsim.models.layers.FeaturesClassifier``; a user's plain ``nn.Module``
+    (``examples/mcmahan_cnn.py``) trains ``full`` only.
+    """
+    try:
+        plan_exchange(builder(), modes)
+    except TypeError as err:
+        raise ConfigError(
+            f"finetune: {'/'.join(modes)} cannot run on {builder.model_name}: {err}; "
+            "use finetune=full"
+        ) from None
+
+
 def refuse_batch_statistics(
     builder: ModelBuilder, privacy: PrivacyPlan, modes: tuple[str, ...]
 ) -> None:

@@ -46,6 +46,7 @@ from fedsim.run.checks import (
     check_distillation,
     check_faults,
     check_fleet,
+    check_model_seams,
     refuse_batch_statistics,
     refuse_overlapping_holdout,
 )
@@ -132,7 +133,9 @@ def prepare(cfg: DictConfig) -> Prepared:
         with_assumed_malicious(cfg.strategy, threat, settings.clients_per_round)
     )
     privacy = build_privacy(cfg.privacy, strategy, settings, sampler)
-    refuse_batch_statistics(builder, privacy, possible_modes(finetune.name, fleet, budget))
+    modes = possible_modes(finetune.name, fleet, budget)
+    check_model_seams(builder, modes)
+    refuse_batch_statistics(builder, privacy, modes)
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(strategy)
     check_fleet(settings, fleet, finetune, budget, update, privacy)
