@@ -26,6 +26,7 @@ from fedsim.report.summary import LAST_K
 
 LEGEND_WIDTH = 110  # characters a legend line holds under an 11-inch figure at 8 pt
 MAX_EPSILON_TICKS = 8  # more distinct ε values than this get matplotlib's own log ticks
+MIN_LABEL_GAP = 0.08  # decades between labelled ε ticks: about one label's width
 # (summary key, marker, line style, what it is) of the accuracy panel's two figures.
 ACCURACY = (
     ("final_accuracy", "o", "-", "final accuracy"),
@@ -103,6 +104,21 @@ def _points(ax: Any, rows: tuple[Row, ...], key: str, colour: str, marker: str,
     return spans
 
 
+def spaced_labels(epsilons: list[float], gap: float = MIN_LABEL_GAP) -> list[str]:
+    """Tick labels for sorted ``epsilons`` on a log axis; a value within ``gap`` decades of the
+    last labelled one keeps its tick but not its label (0.59 and 0.664 would overprint).
+
+    >>> spaced_labels([0.59, 0.664, 1.4, 7.62])
+    ['0.59', '', '1.4', '7.62']
+    """
+    labels, last = [], -math.inf
+    for e in epsilons:
+        near = math.log10(e) - last < gap
+        labels.append("" if near else f"{e:.3g}")
+        last = last if near else math.log10(e)
+    return labels
+
+
 def plot_against_epsilon(rows: list[Row], axes: list[Any], common: tuple[str, ...]) -> list:
     """Draw every row into the accuracy (and AUC) panel; return the legend's handles."""
     plt = pyplot()
@@ -132,7 +148,7 @@ def plot_against_epsilon(rows: list[Row], axes: list[Any], common: tuple[str, ..
         ax.set_xlabel("ε (log scale)")
         ax.set_ylim(*fitted_limits(span))
         if len(epsilons) <= MAX_EPSILON_TICKS:  # label the ε values drawn, not powers of ten
-            ax.set_xticks(epsilons, [f"{e:.3g}" for e in epsilons])
+            ax.set_xticks(epsilons, spaced_labels(epsilons))
             ax.xaxis.set_minor_formatter(plt.NullFormatter())
     axes[0].set_ylabel("test accuracy")
     if len(axes) > 1:
