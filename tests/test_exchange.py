@@ -211,3 +211,16 @@ def test_bytes_down_count_what_a_phone_downloads() -> None:
                     dst_node_id=1, message_type="train") for _ in range(3)]
     assert traffic(msgs, [])[1] == 3 * (40 + 8)
     assert traffic(msgs, [], download_bytes=20)[1] == 60
+
+
+def test_secagg_masks_what_is_uploaded_not_the_whole_model() -> None:
+    from fedsim.run.simulation import masked_parameters
+
+    net = small_net()
+    arrays = ArrayRecord(exchangeable_state(net))
+    # head: the 2x3 linear's 6 weights and 3 biases; full: plus conv 2*1*3*3 + 2, BN 4 x 2.
+    assert masked_parameters(arrays, plan_exchange(net, ["head"])) == 9
+    assert masked_parameters(arrays, plan_exchange(net, ["full"])) == 9 + 20 + 8
+    # A fleet where some phones train head, others bias (the conv's and BN's biases, BN's scale
+    # and the statistics it moves, 2 each): every phone masks the union.
+    assert masked_parameters(arrays, plan_exchange(net, ["head", "bias"])) == 9 + 2 * 5

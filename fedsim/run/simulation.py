@@ -114,7 +114,7 @@ def run(
     display = RoundProgress(settings.rounds, progress)
     tracking = Tracking(tracker, tracked_run(cfg, out_dir, first_round=len(restored) + 1))
     outcome = {"stopped": "incomplete"}  # the round loop overwrites it when it returns
-    num_params = sum(int(np.prod(array.shape)) for array in arrays.values())
+    num_params = masked_parameters(arrays, exchange)  # what SecAgg+ would mask
 
     def on_round(record: RoundRecord, round_arrays: ArrayRecord) -> None:
         cost = prepared.secagg.round_cost(
@@ -178,6 +178,13 @@ def run(
 
 # Ways a run can end after which it will not be resumed (its per-phone files can go).
 FINAL = ("completed", "privacy_budget", "target_reached")
+
+
+def masked_parameters(arrays: ArrayRecord, exchange: Exchange) -> int:
+    """Numbers in one phone's upload as SecAgg+ would mask it: every tensor some phone of the run
+    uploads (all phones mask vectors of one length), not the tensors that never leave a phone
+    (a head-only run masks the classifier alone)."""
+    return sum(int(np.prod(arrays[name].shape)) for name in exchange.uploaded)
 
 
 def run_exchange(prepared: Prepared, model: torch.nn.Module) -> Exchange:
