@@ -131,7 +131,9 @@ def markdown(rows: list[TargetRow], target: float, baseline: str | None, title: 
         f"# {title}", "",
         f"Rounds until the global model's test accuracy first reached {target:g} "
         f"(`round_to_target` in each run's summary.json), mean ± sample std over the seeds that "
-        f"reached it. Every run: {' '.join(common) or 'config defaults'}.",
+        f"reached it; final accuracy is at each run's last round (with "
+        f"`simulation.stop_at_target`, the round it reached the target). "
+        f"Every run: {' '.join(common) or 'config defaults'}.",
     ]
     if baseline:
         lines.append(
