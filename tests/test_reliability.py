@@ -107,7 +107,9 @@ def test_stateful_strategy_resumes_bit_identically(tmp_path: Path) -> None:
 @pytest.mark.slow  # starts Ray
 def test_ctrl_c_checkpoints_and_resumes_identically(uninterrupted: Path, tmp_path: Path) -> None:
     proc = start(tmp_path)
-    wait_for_rounds(tmp_path, 2, proc)
+    # After the first of four rounds: a tiny round takes about a second, and on a loaded machine
+    # this process can see the record late, so waiting for more left the run too little to do.
+    wait_for_rounds(tmp_path, 1, proc)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
