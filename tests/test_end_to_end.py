@@ -73,6 +73,17 @@ def test_user_model_by_target_stops_at_its_target(tmp_path: Path) -> None:
     assert state["dense.0.weight"].shape == (512, 64 * 2 * 2)  # 8x8 digits, pooled twice
 
 
+def test_a_diverged_run_stops_at_the_round_its_model_became_nan(tmp_path: Path) -> None:
+    """At lr 1e6 the first round's aggregate overflows: the run ends there, not four rounds of
+    NaN later, and its summary says why."""
+    run_cli(tmp_path, "simulation.rounds=5", "simulation.local.lr=1e6", "lr_schedule=constant")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["round"] for r in rounds(tmp_path)] == [1]
+    assert summary["stopped"] == "diverged" and summary["final_accuracy"] < 0.2
+    state = torch.load(tmp_path / "model.pt")
+    assert not all(torch.isfinite(t).all() for t in state.values())  # the model.pt it stopped at
+
+
 def test_fleet_memory_budget_modes_and_clock_end_to_end(tmp_path: Path) -> None:
     """A mixed fleet under `adapt` from a pre-trained student, distilling on the phones from a
     teacher only some tiers can hold: each tier trains as it can, and says so."""

@@ -177,7 +177,7 @@ def run(
 
 
 # Ways a run can end after which it will not be resumed (its per-phone files can go).
-FINAL = ("completed", "privacy_budget", "target_reached")
+FINAL = ("completed", "privacy_budget", "target_reached", "diverged")
 
 
 def masked_parameters(arrays: ArrayRecord, exchange: Exchange) -> int:

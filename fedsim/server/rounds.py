@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -286,4 +287,20 @@ def run_rounds(
         on_round(record, arrays)
         if plan.reached(record.accuracy):  # rounds-to-target experiments need no more rounds
             return "target_reached"
+        if aggregate and not all_finite(arrays):
+            # Every phone would train from NaN and every later round would be NaN too.
+            log.warning("stopping after round %d: the global model is not finite", server_round)
+            return "diverged"
     return "completed"
+
+
+def all_finite(arrays: ArrayRecord) -> bool:
+    """Whether every number of the model is finite (a diverged run's aggregate holds NaN or inf).
+
+    >>> from flwr.app import Array
+    >>> all_finite(ArrayRecord({"w": Array(np.ones(3, np.float32))}))
+    True
+    >>> all_finite(ArrayRecord({"w": Array(np.array([1.0, np.nan], np.float32))}))
+    False
+    """
+    return all(np.isfinite(array.numpy()).all() for array in arrays.values())

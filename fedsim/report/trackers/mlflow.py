@@ -26,7 +26,7 @@ RUN_ID_FILE = Path(".fedsim") / "mlflow_run_id"  # a resumed run continues its M
 # How a fedsim run's `stopped` maps to an MLflow run status.
 STATUS = {
     "completed": "FINISHED", "privacy_budget": "FINISHED", "target_reached": "FINISHED",
-    "interrupted": "KILLED",
+    "diverged": "FAILED", "interrupted": "KILLED",
 }
 
 
