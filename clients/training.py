@@ -9,8 +9,8 @@ way a phone would: frozen features computed once, QAT under fake quantisation, a
 for ``int8_head`` (``clients.quantize``). Given a teacher's logits on the shard, the
 objective is Hinton et al.'s distillation loss (``clients.distillation``) instead of plain
 cross-entropy; the reported loss stays the cross-entropy, so runs with and without
-distillation compare. A client algorithm's ``correction`` (``clients.algorithms``: SCAFFOLD's
-control variates) is added to the gradients after each backward pass, before the step.
+distillation compare. A client algorithm's ``correction`` (``clients.algorithms``) changes the
+gradients before each step or the weights after it (SCAFFOLD's control variates).
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def train_locally(
         ``(N, classes)`` logits of a teacher on ``x``: the objective becomes ``kd``.
     kd : KDLoss or None
         The distillation loss (default ``KDLoss()``) when ``teacher_logits`` are given.
-    correction : callable or None
-        A client algorithm's gradient correction (``clients.algorithms.base.Correction``).
+    correction : Correction or None
+        A client algorithm's change to every step (``clients.algorithms.base.Correction``).
     """
     model.train()
     return _sgd(model, lambda: x, y, recipe, generator, teacher_logits, kd, correction)
@@ -104,7 +104,8 @@ def _sgd(
     """The SGD loop over ``inputs()`` (called once per epoch); the caller sets train/eval modes.
 
     With ``teacher_logits`` the step minimises ``kd`` against them; the loss it reports is the
-    cross-entropy either way. ``correction`` changes the gradients between backward and step.
+    cross-entropy either way. ``correction`` changes the gradients between backward and step,
+    or the weights after the step (``clients.algorithms.base.Correction``).
     """
     kd = kd or KDLoss()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,9 +129,11 @@ def _sgd(
                 objective = objective + 0.5 * recipe.proximal_mu * proximal_term(params, anchor)
             optimizer.zero_grad()
             objective.backward()
-            if correction is not None:
-                correction(params)
+            if correction is not None and correction.gradient is not None:
+                correction.gradient(params)
             optimizer.step()
+            if correction is not None and correction.after_step is not None:
+                correction.after_step(params, recipe.lr)
             total_loss += loss.item() * len(batch)
             seen += len(batch)
             steps += 1
@@ -172,8 +175,8 @@ def train_in_mode(
         The fine-tuning mode (``clients.finetune.mode_named`` turns a message's name into one).
     teacher_logits, kd
         Distill from a teacher's logits on ``x`` (see ``train_locally``); in every mode.
-    correction : callable or None
-        A client algorithm's gradient correction (see ``train_locally``).
+    correction : Correction or None
+        A client algorithm's change to every step (see ``train_locally``).
 
     Returns
     -------

@@ -80,6 +80,30 @@ def test_scaffold_client_update_on_a_linear_model_matches_the_paper() -> None:
     np.testing.assert_allclose(outcome.sent["weight"], expected - c_i, rtol=1e-5, atol=1e-6)
 
 
+def test_scaffold_corrects_outside_momentum_as_niid_bench_does() -> None:
+    """With momentum 0.9 the optimiser steps on g alone (buffer b <- 0.9 b + g) and the weights
+    then move by - lr (c - c_i): Flower's NIID-Bench ``ScaffoldOptimizer.step_custom``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2, bias=False)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, -1.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    c = np.array([[0.5, -0.25], [0.0, 1.0]], np.float32)
+    c_i = np.array([[0.25, 0.25], [-0.5, 0.0]], np.float32)
+    lr, momentum, steps = 0.1, 0.9, 3
+    w, buffer = model.weight.detach().clone(), None
+    for _ in range(steps):
+        w.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(x @ w.T, y), w)
+        buffer = g if buffer is None else momentum * buffer + g
+        w = (w - lr * buffer - lr * torch.from_numpy(c - c_i)).detach()
+    correction = Scaffold().correction(
+        {"weight": c}, {"weight": c_i}, dict(model.named_parameters())
+    )
+    recipe = LocalRecipe(epochs=steps, batch_size=4, lr=lr, momentum=momentum)
+    train_locally(model, x, y, recipe, torch.Generator().manual_seed(0), correction=correction)
+    torch.testing.assert_close(model.weight.detach(), w, rtol=1e-6, atol=1e-7)
+
+
 def test_plain_sgd_adds_nothing() -> None:
     plain = LocalAlgorithm()
     assert plain.correction({}, {}, {}) is None

@@ -35,8 +35,28 @@ import numpy as np
 import torch
 
 Arrays = Mapping[str, np.ndarray]
-# Called with the trained parameters after each backward pass; adds to their ``.grad`` in place.
-Correction = Callable[[list[torch.Tensor]], None]
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What a client algorithm changes in every local SGD step, at one of two points.
+
+    Attributes
+    ----------
+    gradient : callable or None
+        Called with the trained parameters after each backward pass; adds to their ``.grad``
+        in place, so momentum and weight decay fold it in like the loss's own gradient: a term
+        of the local objective (FedDyn's linear and quadratic terms).
+    after_step : callable or None
+        Called with the trained parameters and the step's learning rate after each optimiser
+        step; moves the weights in place, outside momentum: a correction of the step itself
+        (SCAFFOLD's ``- lr (c - c_i)``, as the Flower NIID-Bench baseline applies it). Through
+        momentum it would be amplified by ``1 / (1 - momentum)`` on top of a ``c_i`` that option
+        II already measured from momentum's amplified steps, and the run diverges.
+    """
+
+    gradient: Callable[[list[torch.Tensor]], None] | None = None
+    after_step: Callable[[list[torch.Tensor], float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,7 @@ class LocalAlgorithm:
     def correction(
         self, received: Arrays, kept: Arrays, named: Mapping[str, torch.Tensor],
     ) -> Correction | None:
-        """What to add to the gradients in training (``None``: nothing, the loop is unchanged).
+        """What to change in every local step (``None``: nothing, the loop is unchanged).
 
         Parameters
         ----------
@@ -102,13 +122,15 @@ def by_identity(named: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.T
     return {id(named[name]): t for name, t in tensors.items() if name in named}
 
 
-def add_to_gradients(offsets: dict[int, torch.Tensor]) -> Correction:
-    """A :data:`Correction` adding a constant ``offsets[id(p)]`` to each parameter's gradient."""
+def step_against(offsets: dict[int, torch.Tensor]) -> Correction:
+    """A :class:`Correction` moving each parameter by ``- lr * offsets[id(p)]`` after every
+    optimiser step."""
 
-    def correct(params: list[torch.Tensor]) -> None:
-        pairs = [(p.grad, offsets[id(p)]) for p in params if p.grad is not None and id(p) in offsets]
+    @torch.no_grad()
+    def correct(params: list[torch.Tensor], lr: float) -> None:
+        pairs = [(p, offsets[id(p)]) for p in params if id(p) in offsets]
         if pairs:
-            grads, terms = zip(*pairs)
-            torch._foreach_add_(list(grads), list(terms))
+            weights, terms = zip(*pairs)
+            torch._foreach_add_(list(weights), list(terms), alpha=-lr)
 
-    return correct
+    return Correction(after_step=correct)
