@@ -26,7 +26,7 @@ BASELINE = f"{RECIPE}=fedsgd"
 
 
 def job(root: Path, name: str, partition: str, recipe: str, seed: int, reached: int | None,
-        rounds: int, baseline: str | None = BASELINE) -> None:
+        rounds: int, baseline: str | None = BASELINE, stopped: str = "completed") -> None:
     directory = root / name / ".hydra"
     directory.mkdir(parents=True)
     overrides = ["+experiment=mcmahan2017", f"simulation.seed={seed}", f"partition={partition}",
@@ -34,7 +34,7 @@ def job(root: Path, name: str, partition: str, recipe: str, seed: int, reached: 
     (directory / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (directory / "config.yaml").write_text(yaml.safe_dump({"report": {"baseline": baseline}}))
     summary = {"final_accuracy": 0.75 if reached else 0.7, "round_to_target": reached,
-               "rounds": rounds, "target_accuracy": 0.75, "seed": seed}
+               "rounds": rounds, "target_accuracy": 0.75, "seed": seed, "stopped": stopped}
     (root / name / "summary.json").write_text(json.dumps(summary))
 
 
@@ -86,6 +86,20 @@ def test_no_target_no_report_and_no_baseline_no_speedup(tmp_path: Path) -> None:
     (tmp_path / OUTPUTS[0]).unlink()
     assert write_rounds_to_target(tmp_path, find_jobs(tmp_path)) is None
     assert not (tmp_path / OUTPUTS[0]).exists()
+
+
+def test_a_diverged_seed_is_named_not_counted_as_slow(sweep: Path) -> None:
+    # A third recipe on the shards: one seed reaches the target in 40 rounds, one diverges at
+    # round 12 (its model became NaN), so no speed-up is claimed for it.
+    job(sweep, "20", "shards", "e5_b50", 0, 40, 40)
+    job(sweep, "21", "shards", "e5_b50", 1, None, 12, stopped="diverged")
+    job(sweep, "22", "iid", "e1_b50", 0, None, 12, stopped="diverged")
+    write_rounds_to_target(sweep, find_jobs(sweep))
+    cells = table(sweep)
+    assert cells[f"partition=shards {RECIPE}=e5_b50"][:3] == [
+        "2", "40.0 ± 0.0 (1 of 2; 1 diverged)", "-",
+    ]
+    assert cells[f"partition=iid {RECIPE}=e1_b50"][1:3] == ["diverged (round 12)", "-"]
 
 
 def test_command_line_writes_it_beside_the_tradeoff_report(sweep: Path) -> None:

@@ -37,9 +37,10 @@ class TargetRow:
 
     setting: tuple[str, ...]
     label: str
-    rounds: tuple[int | None, ...]  # per seed; None: not reached within ``ran``
+    rounds: tuple[int | None, ...]  # per seed; None: not reached within ``ran``, or diverged
     ran: int  # the most rounds a seed that missed the target ran (0: every seed reached it)
     final_accuracy: Stat
+    diverged: tuple[int, ...] = ()  # the round each seed whose model became NaN stopped at
 
     @property
     def reached(self) -> int:
@@ -63,11 +64,14 @@ def target_rows(jobs: Sequence[Job]) -> list[TargetRow]:
     for setting, group in by_setting.items():
         group = sorted(group, key=lambda job: (job.seed is None, job.seed))
         rounds = tuple(job.summary.get("round_to_target") for job in group)
-        missed = [int(job.summary.get("rounds") or 0) for job in group
-                  if job.summary.get("round_to_target") is None]
+        missed = [job for job in group if job.summary.get("round_to_target") is None]
+        diverged = tuple(int(job.summary.get("rounds") or 0) for job in missed
+                         if job.summary.get("stopped") == "diverged")
+        ran = [int(job.summary.get("rounds") or 0) for job in missed
+               if job.summary.get("stopped") != "diverged"]
         rows.append(TargetRow(
-            setting, varying_label(setting, common), rounds, max(missed, default=0),
-            mean_std([float(job.summary["final_accuracy"]) for job in group]),
+            setting, varying_label(setting, common), rounds, max(ran, default=0),
+            mean_std([float(job.summary["final_accuracy"]) for job in group]), diverged,
         ))
     return rows
 
@@ -100,7 +104,7 @@ def speedup(row: TargetRow, base: TargetRow) -> tuple[float, str] | None:
     >>> speedup(r(2, None, ran=50), r(60, 90)) is None
     True
     """
-    if row.reached < len(row.rounds) or row.stat is None:
+    if row.reached < len(row.rounds) or row.stat is None or base.diverged:
         return None
     base_rounds = [float(r) if r is not None else float(base.ran) for r in base.rounds]
     factor = (sum(base_rounds) / len(base_rounds)) / row.stat.mean
@@ -108,18 +112,26 @@ def speedup(row: TargetRow, base: TargetRow) -> tuple[float, str] | None:
 
 
 def rounds_cell(row: TargetRow) -> str:
-    """``12.3 ± 1.5`` over the seeds that reached it, ``> 100`` when none did.
+    """``12.3 ± 1.5`` over the seeds that reached it, ``> 100`` when none did; seeds whose model
+    became NaN are named as diverged, not as slow.
 
     >>> rounds_cell(TargetRow((), "", (2, 3, None), 100, Stat(0.8, 0.0, 3)))
     '2.5 ± 0.7 (2 of 3; 1 not within 100)'
+    >>> rounds_cell(TargetRow((), "", (None,), 0, Stat(0.1, 0.0, 1), diverged=(12,)))
+    'diverged (round 12)'
     """
     stat = row.stat
+    slow = len(row.rounds) - row.reached - len(row.diverged)
+    notes = ([f"{slow} not within {row.ran}"] if slow else []) + (
+        [f"{len(row.diverged)} diverged"] if row.diverged else []
+    )
     if stat is None:
-        return f"> {row.ran}"
+        if not slow:
+            return f"diverged (round {', '.join(map(str, row.diverged))})"
+        return f"> {row.ran}" + (f" ({'; '.join(notes[1:])})" if row.diverged else "")
     cell = f"{stat.mean:.1f} ± {stat.std:.1f}"
-    missed = len(row.rounds) - row.reached
-    if missed:
-        cell += f" ({row.reached} of {len(row.rounds)}; {missed} not within {row.ran})"
+    if notes:
+        cell += f" ({row.reached} of {len(row.rounds)}; {'; '.join(notes)})"
     return cell
 
 
@@ -159,8 +171,9 @@ def markdown(rows: list[TargetRow], target: float, baseline: str | None, title: 
 
 def plot(rows: list[TargetRow], baseline: str | None, path: Path, title: str) -> None:
     """Rounds to target per setting on a log axis, one colour per baseline group (the settings
-    sharing everything but the baseline key), the seeds' spread as error bars, and seeds that
-    missed the target as a hollow triangle at the rounds they ran."""
+    sharing everything but the baseline key), the seeds' spread as error bars, seeds that
+    missed the target as a hollow triangle at the rounds they ran, and seeds whose model became
+    NaN as a cross at the round they stopped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,8 +199,12 @@ def plot(rows: list[TargetRow], baseline: str | None, path: Path, title: str) ->
             if stat is not None:
                 ax.errorbar(x, stat.mean, yerr=stat.std, fmt="o", color=colour, capsize=3,
                             label=varying_label(rest, common) if row is members[0] else None)
-            if row.reached < len(row.rounds):  # a miss: a hollow triangle at the rounds it ran
-                missed = len(row.rounds) - row.reached
+            for stopped in row.diverged:  # the model became NaN there: a cross, no rounds
+                ax.plot(x, stopped, marker="x", markersize=9, color=colour)
+                ax.annotate("diverged", (x, stopped), (4, -10), textcoords="offset points",
+                            fontsize=7, color=colour)
+            if row.reached + len(row.diverged) < len(row.rounds):  # a miss: a hollow triangle
+                missed = len(row.rounds) - row.reached - len(row.diverged)
                 ax.plot(x, row.ran, marker="^", markersize=9, mfc="none", color=colour,
                         label=varying_label(rest, common) if stat is None and row is members[0]
                         else None)
