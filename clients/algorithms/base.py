@@ -5,9 +5,10 @@ A phone's round with a client algorithm, in order (:func:`clients.client_app.tra
 1. it receives the model and, in the same message, the server half's extra tensors
    (``received``: SCAFFOLD's server control variate), and reads what it kept from its last
    participation (``kept``: its own control variate; empty the first time);
-2. :meth:`LocalAlgorithm.correction` says what to add to each trained parameter's gradient
-   after every backward pass, before the optimiser step (SCAFFOLD's ``c - c_i``); ``None``
-   leaves the SGD loop exactly as it is;
+2. :meth:`LocalAlgorithm.correction` says what changes in every local step (a
+   :class:`Correction`: a term added to the gradients before the optimiser step, or a move of
+   the weights after it, SCAFFOLD's ``- lr (c - c_i)``); ``None`` leaves the SGD loop exactly
+   as it is;
 3. local training runs (:mod:`clients.training`);
 4. :meth:`LocalAlgorithm.finish` turns the start and end weights into what the phone sends
    beside its update (``Outcome.sent``, in the reply's :data:`fedsim.keys.ALGORITHM` record),
