@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedsim.report import rounds_to_target
 from fedsim.report.overview import OVERVIEW, write_overview
-from fedsim.report.sweep import find_jobs
+from fedsim.report.sweep import find_sweep_jobs
 from fedsim.report.tradeoff import OUTPUTS, write_report
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if rows is not None:
         print((args.sweep_dir / OUTPUTS[1]).read_text(), end="")
-    jobs = [job for i, d in enumerate((args.sweep_dir, *args.more)) for job in find_jobs(d, i)]
+    jobs = find_sweep_jobs(args.sweep_dir, args.more)
     if rounds_to_target.write_rounds_to_target(args.sweep_dir, jobs, args.baseline) is not None:
         written += [args.sweep_dir / o for o in rounds_to_target.OUTPUTS]
         print((args.sweep_dir / rounds_to_target.OUTPUTS[0]).read_text(), end="")

@@ -17,7 +17,6 @@ have a target; everything in it is re-derivable from the jobs' ``summary.json`` 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,16 +221,17 @@ def plot(rows: list[TargetRow], baseline: str | None, path: Path, title: str) ->
     plt.close(fig)
 
 
-def report_settings(jobs: Sequence[Job]) -> tuple[float | None, str | None]:
-    """``(target_accuracy, report.baseline)`` from the jobs' summaries and saved configs."""
-    targets = {job.summary.get("target_accuracy") for job in jobs} - {None}
-    baseline = None
+def configured_baseline(jobs: Sequence[Job]) -> str | None:
+    """The first ``report.baseline`` set in the jobs' saved configs (one sweep sets it once)."""
     for job in jobs:
         config = job.run_dir / ".hydra" / "config.yaml"
-        if config.exists():
-            saved: dict[str, Any] = yaml.safe_load(config.read_text()) or {}
-            baseline = (saved.get("report") or {}).get("baseline") or baseline
-    return (min(targets) if len(targets) == 1 else None), baseline
+        if not config.exists():
+            continue
+        saved: dict[str, Any] = yaml.safe_load(config.read_text()) or {}
+        baseline = (saved.get("report") or {}).get("baseline")
+        if baseline:
+            return baseline
+    return None
 
 
 def write_rounds_to_target(
@@ -241,13 +241,15 @@ def write_rounds_to_target(
 
     ``baseline``: the override speed-ups are against; ``None``: the jobs' ``report.baseline``.
     """
-    target, configured = report_settings(jobs)
-    baseline = baseline or configured
-    if target is None or math.isnan(target):
+    targets = {job.summary.get("target_accuracy") for job in jobs} - {None}
+    if len(targets) != 1:
         return None
+    target = targets.pop()
+    baseline = baseline or configured_baseline(jobs)
     rows = target_rows(jobs)
     common = common_overrides(row.setting for row in rows)
     title = f"Rounds to {target:g} accuracy: `{sweep_dir}`, {len(jobs)} runs"
-    (sweep_dir / OUTPUTS[0]).write_text("\n".join(markdown(rows, target, baseline, title, common)) + "\n")
+    lines = markdown(rows, target, baseline, title, common)
+    (sweep_dir / OUTPUTS[0]).write_text("\n".join(lines) + "\n")
     plot(rows, baseline, sweep_dir / OUTPUTS[1], f"{sweep_dir}: rounds to {target:g} accuracy")
     return rows

@@ -124,6 +124,13 @@ def find_jobs(sweep_dir: Path, index: int = 0) -> list[Job]:
     return sorted(jobs, key=lambda job: job.order)
 
 
+def find_sweep_jobs(sweep_dir: Path, also: Iterable[Path] = ()) -> list[Job]:
+    """The finished jobs of ``sweep_dir`` and of the sweeps in ``also`` (e.g. a separate
+    baseline sweep), the first directory's first."""
+    return [job for i, directory in enumerate((sweep_dir, *also))
+            for job in find_jobs(directory, i)]
+
+
 def common_overrides(settings: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     """The overrides every setting has, in the first setting's order.
 

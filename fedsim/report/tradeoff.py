@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedsim.report.rows import Row, aggregate
-from fedsim.report.sweep import common_overrides, find_jobs
+from fedsim.report.sweep import common_overrides, find_sweep_jobs
 from fedsim.report.table import write_csv, write_markdown
 from fedsim.report.tradeoff_plot import plot_tradeoff
 
@@ -31,8 +31,7 @@ def write_report(sweep_dir: Path, also: tuple[Path, ...] = ()) -> list[Row]:
     ``also``: more sweep directories whose jobs join the table (e.g. a separate non-private
     baseline sweep).
     """
-    jobs = [job for i, directory in enumerate((sweep_dir, *also))
-            for job in find_jobs(directory, i)]
+    jobs = find_sweep_jobs(sweep_dir, also)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no finished runs (summary.json) found")
     rows = aggregate(jobs)

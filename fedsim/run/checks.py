@@ -16,7 +16,7 @@ from fedsim.config import Faults, Simulation
 from fedsim.data.partition.base import Partition, SampledPartition
 from fedsim.errors import ConfigError
 from fedsim.fleet.budget import MemoryBudget
-from fedsim.fleet.exchange import plan_exchange
+from fedsim.fleet.exchange import Exchange, plan_exchange
 from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.plan import PrivacyPlan
@@ -26,15 +26,19 @@ from fedsim.strategy.client_algorithm import ClientAlgorithm
 from fedsim.updates import GRADIENT, UpdateRule
 
 
-def check_model_seams(builder: ModelBuilder, modes: tuple[str, ...]) -> None:
-    """Refuse a fine-tuning mode the student cannot run, in one line before Ray starts.
+def planned_exchange(
+    builder: ModelBuilder, modes: tuple[str, ...], server_refines: bool = False,
+) -> Exchange:
+    """What the run's phones download, upload and keep, planned once before Ray starts
+    (:func:`fedsim.fleet.exchange.plan_exchange`); a mode the student cannot run is one line.
 
     Head, bias and quantised modes find the classifier through the ``features``/``classifier``
     seam of ``fedsim.models.layers.FeaturesClassifier``; a user's plain ``nn.Module``
-    (``examples/mcmahan_cnn.py``) trains ``full`` only.
+    (``examples/mcmahan_cnn.py``) trains ``full`` only. ``modes`` are the fine-tuning modes any
+    phone of the run can be told (:func:`fedsim.fleet.exchange.possible_modes`).
     """
     try:
-        plan_exchange(builder(), modes)
+        return plan_exchange(builder(), modes, server_refines=server_refines)
     except TypeError as err:
         raise ConfigError(
             f"finetune: {'/'.join(modes)} cannot run on {builder.model_name}: {err}; "
@@ -43,7 +47,7 @@ def check_model_seams(builder: ModelBuilder, modes: tuple[str, ...]) -> None:
 
 
 def refuse_batch_statistics(
-    builder: ModelBuilder, privacy: PrivacyPlan, modes: tuple[str, ...]
+    exchange: Exchange, privacy: PrivacyPlan, modes: tuple[str, ...]
 ) -> None:
     """Refuse DP when a phone of the run would upload BatchNorm running statistics.
 
@@ -51,14 +55,13 @@ def refuse_batch_statistics(
     nonsense (a negative variance) or would have to travel unprotected. They are only a
     problem when they travel: under ``finetune=frozen_stats`` the statistics stay the server's
     pre-trained, public ones, and under ``head`` (or ``int8_head``) the whole backbone does
-    (:mod:`fedsim.fleet.exchange`), so a BatchNorm student is fine there. ``modes`` are the
-    fine-tuning modes any phone of the run can be told
-    (:func:`fedsim.fleet.exchange.possible_modes`).
+    (:mod:`fedsim.fleet.exchange`), so a BatchNorm student is fine there. ``exchange`` is the
+    run's plan (:func:`planned_exchange`) for ``modes``, the fine-tuning modes any phone of the
+    run can be told.
     """
     if privacy.accountant is None:
         return
-    uploaded = plan_exchange(builder(), modes).uploaded
-    if any(name.endswith(("running_mean", "running_var")) for name in uploaded):
+    if any(name.endswith(("running_mean", "running_var")) for name in exchange.uploaded):
         raise ConfigError(
             f"norm: privacy={privacy.report.get('privacy')} cannot protect BatchNorm running "
             f"statistics, which finetune={'/'.join(modes)} uploads; use norm=group or norm=none, "

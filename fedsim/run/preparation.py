@@ -32,7 +32,7 @@ from fedsim.config import (
 from fedsim.data.shards import ShardSource
 from fedsim.data.splits import DatasetSplits
 from fedsim.fleet.budget import MemoryBudget
-from fedsim.fleet.exchange import possible_modes
+from fedsim.fleet.exchange import Exchange, possible_modes
 from fedsim.fleet.fleet import Fleet
 from fedsim.models.factory import ModelBuilder
 from fedsim.privacy.audit import Audit
@@ -46,7 +46,7 @@ from fedsim.run.checks import (
     check_distillation,
     check_faults,
     check_fleet,
-    check_model_seams,
+    planned_exchange,
     refuse_batch_statistics,
     refuse_overlapping_holdout,
 )
@@ -90,6 +90,7 @@ class Prepared:
     distill: Distillation
     teacher: Teacher
     learning_rate: LearningRateInstruction  # the phones' rate each round (lr_schedule)
+    exchange: Exchange  # which tensors the phones download, upload and keep (fedsim.fleet.exchange)
     algorithm: ClientAlgorithm = ClientAlgorithm()  # client_algorithm: phone and server halves
 
 
@@ -134,8 +135,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     )
     privacy = build_privacy(cfg.privacy, strategy, settings, sampler)
     modes = possible_modes(finetune.name, fleet, budget)
-    check_model_seams(builder, modes)
-    refuse_batch_statistics(builder, privacy, modes)
+    exchange = planned_exchange(builder, modes, server_refines=distill.where.refines_aggregate)
+    refuse_batch_statistics(exchange, privacy, modes)
     secagg = instantiate_option("secagg", cfg.secagg)
     secagg.check(strategy)
     check_fleet(settings, fleet, finetune, budget, update, privacy)
@@ -147,7 +148,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(
         settings, splits, shards, builder, strategy, sampler, privacy, audit, secagg,
         faults, update, threat, fleet, availability, budget, finetune, pretraining, distill,
-        teacher, learning_rate, algorithm,
+        teacher, learning_rate, exchange, algorithm,
     )
 
 

@@ -31,7 +31,7 @@ from clients.training import LocalRecipe
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.phone_files import PhoneFiles
 from fedsim.fleet.device_simulation import DeviceSimulation
-from fedsim.fleet.exchange import Exchange, plan_exchange, possible_modes
+from fedsim.fleet.exchange import Exchange
 from fedsim.fleet.model_size import model_bytes
 from fedsim.models.state import exchangeable_state
 from fedsim.report.progress import RoundProgress
@@ -80,7 +80,7 @@ def run(
     teacher = prepared_teacher(prepared)  # None unless distillation uses one
     model, pretrain_report = starting_point(prepared, teacher)
     arrays = ArrayRecord(exchangeable_state(model))
-    exchange = run_exchange(prepared, model)
+    exchange = prepared.exchange
     devices = device_simulation(prepared, model, arrays, teacher, exchange)
     restored = restored_records(out_dir, saved) if saved else []  # from metrics.jsonl
     if saved is not None:
@@ -185,12 +185,6 @@ def masked_parameters(arrays: ArrayRecord, exchange: Exchange) -> int:
     uploads (all phones mask vectors of one length), not the tensors that never leave a phone
     (a head-only run masks the classifier alone)."""
     return sum(int(np.prod(arrays[name].shape)) for name in exchange.uploaded)
-
-
-def run_exchange(prepared: Prepared, model: torch.nn.Module) -> Exchange:
-    """Which tensors this run's phones download, upload and keep (:mod:`fedsim.fleet.exchange`)."""
-    modes = possible_modes(prepared.finetune.name, prepared.fleet, prepared.budget)
-    return plan_exchange(model, modes, server_refines=prepared.distill.where.refines_aggregate)
 
 
 def device_simulation(
