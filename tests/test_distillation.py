@@ -141,6 +141,16 @@ def test_the_teacher_is_cached_and_a_second_run_reuses_it(tmp_path) -> None:
     assert trained_teacher(other, shards, splits.input_shape, 10)[1]["key"] != report1["key"]
 
 
+def test_the_teacher_stops_at_max_steps_in_whole_epochs(tmp_path) -> None:
+    shards = digits_shards()  # 20 % of the 1,437 train digits: 287 images, 9 steps an epoch at 32
+    splits, _ = shards.load()
+    capped = dataclasses.replace(small_teacher(tmp_path), epochs=5, max_steps=30)
+    _, report, _ = trained_teacher(capped, shards, splits.input_shape, 10)
+    assert (report["proxy_samples"], report["epochs"]) == (287, 3)  # 30 // 9 whole epochs
+    uncapped = dataclasses.replace(capped, max_steps=None)
+    assert trained_teacher(uncapped, shards, splits.input_shape, 10)[1]["key"] != report["key"]
+
+
 def test_a_distilled_student_has_its_own_cache_key() -> None:
     plain = Pretraining(fraction=0.1)
     logits = np.zeros((5, 10), np.float32)

@@ -43,6 +43,9 @@ class Teacher:
         Hydra node of its norm factory (``_target_``, ``_partial_``).
     epochs, batch_size, lr, momentum, weight_decay
         SGD on the proxy split (its seed is the proxy split's, ``pretrain.seed``).
+    max_steps : int or None
+        At most this many SGD steps, in whole epochs, as ``pretrain.max_steps``
+        (:meth:`~fedsim.proxy.pretrain.Pretraining.epochs_for`). ``None``: every epoch.
     cache_dir : str
         Where trained teachers are kept (``~`` is expanded).
     """
@@ -54,6 +57,7 @@ class Teacher:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    max_steps: int | None = None
     cache_dir: str = field(default="~/.cache/fedsim/teacher", metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
@@ -75,8 +79,8 @@ class Teacher:
         """The teacher's recipe on the proxy split of ``fraction`` drawn with ``seed``."""
         return Pretraining(
             fraction=fraction, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, seed=seed,
-            cache_dir=self.cache_dir,
+            momentum=self.momentum, weight_decay=self.weight_decay, max_steps=self.max_steps,
+            seed=seed, cache_dir=self.cache_dir,
         )
 
     @property
@@ -108,7 +112,7 @@ def trained_teacher(
         "model": teacher.name,
         "cache": report["cache"],
         "key": report["key"],
-        "epochs": teacher.epochs,
+        "epochs": report["epochs"],  # those run: max_steps may stop a large proxy split early
         "proxy_samples": report["proxy_samples"],
         "train_accuracy": report["train_accuracy"],
         **({"test_accuracy": report["test_accuracy"]} if "test_accuracy" in report else {}),
