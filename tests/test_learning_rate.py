@@ -11,9 +11,10 @@ from flwr.app import ConfigRecord
 from clients.client_app import recipe_for_round
 from clients.training import LocalRecipe
 from fedsim import keys
+from fedsim.config import parse_simulation
 from fedsim.errors import ConfigError
 from fedsim.run.learning_rate import Constant, Cosine, LearningRateInstruction
-from tests.helpers import prepared
+from tests.helpers import make_cfg, prepared
 
 COHORT = np.array([3, 7])
 
@@ -71,3 +72,17 @@ def test_the_config_group_builds_the_runs_instruction() -> None:
     ).learning_rate
     assert instruction == LearningRateInstruction(Cosine(final_fraction=0.2), 0.03, 5)
     assert instruction(5, 0, COHORT, ConfigRecord({}))[keys.LEARNING_RATE] == pytest.approx(0.006)
+
+
+@pytest.mark.parametrize(("overrides", "lr"), [
+    ((), 0.02),                                  # from scratch
+    (("pretrain=proxy",), 0.01),                 # from the pre-trained student
+    (("distill.where=server_pre",), 0.01),       # from the distilled student
+    (("distill.where=server_ensemble",), 0.02),  # from scratch; the server refines
+    (("pretrain=proxy", "simulation.local.lr=0.05"), 0.05),
+    (("distill.where=server_pre", "simulation.local.lr=0.05"), 0.05),
+])
+def test_a_pre_trained_or_distilled_start_fine_tunes_at_its_rate_unless_one_is_set(
+    overrides: tuple[str, ...], lr: float
+) -> None:
+    assert parse_simulation(make_cfg(*overrides)).local.lr == lr

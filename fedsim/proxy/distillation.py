@@ -108,9 +108,17 @@ class NoDistillation(DistillationPlace):
 
 @dataclass(frozen=True)
 class ServerPre(DistillationPlace):
-    """``distill.where=server_pre``: the starting point is distilled on the proxy split."""
+    """``distill.where=server_pre``: the starting point is distilled on the proxy split.
+
+    Parameters
+    ----------
+    client_lr : float
+        The phones' fine-tuning rate from the distilled student: ``simulation.local.lr``
+        defaults to it, as it does to ``pretrain.client_lr`` from a pre-trained one.
+    """
 
     name: ClassVar[str] = "server_pre"
+    client_lr: float = 0.01
 
     def pretraining(
         self, pretraining: Pretraining, distill: Distillation, fraction: float,
