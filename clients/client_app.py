@@ -50,6 +50,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients.algorithms.base import LocalAlgorithm, Outcome
+from clients.bundles import answer_bundle
 from clients.distillation import KDLoss, TeacherOnDevice, logits_of
 from clients.finetune import Full, mode_named
 from clients.local_dp import local_dp_rng, privatize
@@ -57,6 +58,7 @@ from clients.training import LocalRecipe, LocalResult, train_in_mode
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
+from fedsim.bundle_wire import is_bundle
 from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.phone_files import PhoneFiles
@@ -374,6 +376,8 @@ def make_client_app(env: ClientEnvironment) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
+        if is_bundle(message.content):  # several phones, run one after another
+            return answer_bundle(message, lambda phone: train_reply(env, phone))
         return train_reply(env, message)
 
     return app

@@ -61,3 +61,9 @@ DISTILL = "fedsim.distill"  # 1: train against the teacher's logits on the shard
 # aggregates (Flower's strategies expect one ArrayRecord per reply).
 ALGORITHM = "fedsim.algorithm"
 NORMALISED_STEPS = "fedsim.normalised-steps"  # FedNova's ||a_i||_1 (MetricRecord)
+
+# --- Bundles (issue 25: many phones per message; fedsim.bundle_wire) ---------------------------
+# A bundle carries several phones' records in one message, each record once however many phones
+# share it (the global model); this ConfigRecord says which records are whose, and in a reply
+# which phones failed and why.
+BUNDLE = "fedsim.bundle"

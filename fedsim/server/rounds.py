@@ -29,6 +29,8 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.models.evaluation import Evaluation
+from fedsim.server.bundles import Bundles, busy_seconds, idle_fraction, round_robin
+from fedsim.strategy.virtual_clients import client_id_of
 from fedsim.strategy.wrapper import innermost
 
 log = logging.getLogger("fedsim")
@@ -46,6 +48,7 @@ class RoundPlan:
     client_timeout_s: float | None = None
     min_completed: int = 1
     stop_at: float | None = None  # end the run once an evaluation reaches this accuracy
+    bundle: bool = False  # one message per slot carrying its phones (fedsim.server.bundles)
 
     def evaluates(self, server_round: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always at the last round."""
@@ -173,6 +176,37 @@ def exchange(
     return replies
 
 
+def exchange_bundled(
+    grid: Grid, messages: list[Message], timeout_s: float, stop: threading.Event,
+    devices: DeviceSimulation,
+) -> list[Message]:
+    """:func:`exchange` with one bundle per slot (:mod:`fedsim.server.bundles`); returns one
+    reply per phone, as :func:`exchange` would."""
+    if not messages:
+        return []
+    bundles = Bundles.of(
+        messages, sorted(grid.get_node_ids()),
+        lambda m: devices.expected_work(client_id_of(m), _config(m)),
+    )
+    replies = bundles.unbundled(exchange(grid, bundles.messages, timeout_s, stop))
+    if log.isEnabledFor(logging.DEBUG):  # how well the balance worked, against round robin
+        busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
+        seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
+        index = {m.metadata.message_id: i for i, m in enumerate(messages)}
+        balanced = [[index[m.metadata.message_id] for m in group] for group in bundles.phones]
+        log.debug(
+            "bundles: idle %.3f balanced, %.3f round robin",
+            idle_fraction(balanced, seconds),
+            idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
+        )
+    return replies
+
+
+def _config(message: Message) -> ConfigRecord:
+    """The phone's config record (the one naming it)."""
+    return next(r for r in message.content.config_records.values() if keys.CLIENT_ID in r)
+
+
 def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
     """Block until the simulation engine has registered every execution slot."""
     deadline = time.monotonic() + timeout_s
@@ -240,7 +274,10 @@ def run_rounds(
         start = time.perf_counter()
         with strategy_errors("configure_train", strategy, server_round):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = exchange(grid, messages, plan.round_timeout_s, stop)
+        if plan.bundle:
+            replies = exchange_bundled(grid, messages, plan.round_timeout_s, stop, devices)
+        else:
+            replies = exchange(grid, messages, plan.round_timeout_s, stop)
         if stop.is_set():
             return "interrupted"
         outcome = tally(messages, replies, plan.client_timeout_s)
