@@ -205,6 +205,24 @@ def obey_fault(
     return {keys.RECOVERED: 0}  # every reply has the key: Flower aggregates only uniform records
 
 
+# The records decoded last, with their arrays: the phones of a bundle share one model record
+# (and a client algorithm's), so it is parsed once per bundle instead of once per phone.
+_DECODED: list[tuple[ArrayRecord, dict[str, np.ndarray]]] = []
+
+
+def decoded(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """``record``'s arrays as numpy, parsed once however many phones of a bundle read it.
+
+    Nothing downstream writes into them (every step builds new arrays), so sharing is safe.
+    """
+    for seen, arrays in _DECODED:
+        if seen is record:
+            return arrays
+    arrays = {name: array.numpy() for name, array in record.items()}
+    _DECODED[:] = [(record, arrays), *_DECODED[:1]]
+    return arrays
+
+
 def train_reply(env: ClientEnvironment, message: Message) -> Message:
     """Train as the virtual client named in ``message`` and build the reply."""
     arrays_name, arrays = model_record(message.content)
@@ -223,8 +241,8 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
 
     handling = time.perf_counter()  # from here on: what simulation.client_timeout_s limits
     fault_metrics = obey_fault(env, config, server_round, client_id)
-    # Deserialize the received model once; the torch view shares the numpy memory.
-    received = {name: array.numpy() for name, array in arrays.items()}
+    # Deserialize the received model once (once per bundle); torch views share its memory.
+    received = decoded(arrays)
     load_exchangeable_state(model, {name: torch.from_numpy(a) for name, a in received.items()})
     attack = env.threat.attacker(client_id) if env.threat else None
     if attack is not None:
@@ -302,8 +320,7 @@ def algorithm_inputs(
     """The server half's tensors in ``message`` and what this phone kept (both may be empty)."""
     records = message.content.array_records
     extra = (
-        {n: a.numpy() for n, a in records[keys.ALGORITHM].items()}
-        if keys.ALGORITHM in records else {}
+        decoded(records[keys.ALGORITHM]) if keys.ALGORITHM in records else {}
     )
     kept = None
     if env.algorithm.stateful:

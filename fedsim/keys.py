@@ -43,6 +43,13 @@ PAYLOAD = "fedsim.payload"  # the reply's ConfigRecord of payload metadata
 PAYLOAD_KIND = "payload-kind"  # in PAYLOAD: weights | delta | gradient (fedsim.updates)
 UPDATE_KIND = "fedsim.update-kind"  # MetricRecord: index into fedsim.updates.KINDS
 PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload size
+# The payload's parts travel packed into one buffer (issue 25: one Array, not one a tensor);
+# in PAYLOAD, what each part is: names, dtypes, number of dimensions and the dimensions.
+PACKED = "fedsim.packed"  # the ArrayRecord's one entry, and its Array's stype
+PART_NAMES = "fedsim.part-names"
+PART_DTYPES = "fedsim.part-dtypes"
+PART_NDIMS = "fedsim.part-ndims"
+PART_DIMS = "fedsim.part-dims"
 
 # --- On-device training (issue 3: server -> client config) ------------------------------------
 # The fine-tuning mode the server's memory-budget policy chose for this phone this round; the

@@ -132,10 +132,12 @@ def test_resume_refuses_overrides_that_change_results(uninterrupted: Path) -> No
 
 
 @pytest.mark.slow  # starts Ray
-def test_injected_faults_are_each_accounted_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bundle", ["false", "true"])  # one message per phone, or per slot
+def test_injected_faults_are_each_accounted_for(tmp_path: Path, bundle: str) -> None:
     faults = Faults(client_error_rate=0.3, slow_client_rate=0.2, kill_actor_at_round=2)
     run_cli(
         tmp_path, *ROUNDS, "faults.client_error_rate=0.3", "faults.slow_client_rate=0.2",
+        f"simulation.bundle={bundle}",
         # A normal client-round takes about a second here; the timeout leaves room for a
         # loaded CI box (a fresh actor's first call, two runs' worth of CPU demand) so that
         # only the injected slow rounds (timeout + 2 s) overrun it.

@@ -189,13 +189,13 @@ def exchange_bundled(
         lambda m: devices.expected_work(client_id_of(m), _config(m)),
     )
     replies = bundles.unbundled(exchange(grid, bundles.messages, timeout_s, stop))
-    if log.isEnabledFor(logging.DEBUG):  # how well the balance worked, against round robin
+    if log.isEnabledFor(logging.INFO):  # (verbose=true) the balance, against round robin
         busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
         seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
         index = {m.metadata.message_id: i for i, m in enumerate(messages)}
         balanced = [[index[m.metadata.message_id] for m in group] for group in bundles.phones]
-        log.debug(
-            "bundles: idle %.3f balanced, %.3f round robin",
+        log.info(
+            "bundles: slots idle %.3f of the round balanced, %.3f if round robin",
             idle_fraction(balanced, seconds),
             idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
         )
