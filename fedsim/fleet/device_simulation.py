@@ -250,7 +250,8 @@ class DeviceSimulation:
         work = sum(self.flops(mode, epochs, samples))
         if admission is not None and admission.distill:
             work += self.teacher_flops(samples)
-        return float(work + sum(self.flops(Full.name, 1, HANDLING_SAMPLES)))
+        # The handling share at the same mode's cost per sample-epoch (the same cached trace).
+        return float(work + sum(self.flops(mode, epochs, HANDLING_SAMPLES)) / epochs)
 
     # --- after the replies: the clock --------------------------------------------------------
 

@@ -188,14 +188,18 @@ def exchange_bundled(
         messages, sorted(grid.get_node_ids()),
         lambda m: devices.expected_work(client_id_of(m), _config(m)),
     )
+    started = time.perf_counter()
     replies = bundles.unbundled(exchange(grid, bundles.messages, timeout_s, stop))
-    if log.isEnabledFor(logging.INFO):  # (verbose=true) the balance, against round robin
+    if log.isEnabledFor(logging.INFO):  # how well the balance worked, against round robin
         busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
         seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
         index = {m.metadata.message_id: i for i, m in enumerate(messages)}
         balanced = [[index[m.metadata.message_id] for m in group] for group in bundles.phones]
         log.info(
-            "bundles: slots idle %.3f of the round balanced, %.3f if round robin",
+            "bundles: %.2f s to exchange; phones kept their slots busy %s s: idle %.3f of the "
+            "slots' time, %.3f if dealt round robin",
+            time.perf_counter() - started,
+            "/".join(f"{sum(seconds[i] for i in group):.2f}" for group in balanced),
             idle_fraction(balanced, seconds),
             idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
         )
