@@ -65,8 +65,12 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow  # starts Ray
-def test_kill_minus_9_then_resume_is_bit_identical(uninterrupted: Path, tmp_path: Path) -> None:
-    proc = start(tmp_path)
+# Killed while bundling, it still ends bit-identical to the per-phone run: bundles are transport.
+@pytest.mark.parametrize("bundle", ["false", "true"])
+def test_kill_minus_9_then_resume_is_bit_identical(
+    uninterrupted: Path, tmp_path: Path, bundle: str
+) -> None:
+    proc = start(tmp_path, f"simulation.bundle={bundle}")
     wait_for_rounds(tmp_path, 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-round 2
     proc.wait()
