@@ -87,6 +87,13 @@ class Backend:
         return max(1, (self.num_cpus or os.cpu_count() or 1) // self.client_cpus)
 
 
+# Most phones a bundle holds by default. A bundle's reply holds every phone's upload (50 of the
+# default student's: 145 MB), copied a few times between the actor, Ray's object store and the
+# driver; with 500 a bundle (10,000 phones, 1,000 a round, 2 slots) the run's memory peaked at
+# 14 GB. More bundles than slots cost nothing: Flower hands each to the next free slot.
+BUNDLE_PHONES = 50
+
+
 @dataclass(frozen=True)
 class Simulation:
     """One federated run: who trains, how often, and how it is evaluated.
@@ -197,10 +204,13 @@ class Simulation:
     def num_slots(self) -> int:
         """Supernodes to start: slots are reused, so more than a cohort is never useful.
 
-        By default one per phone of a round; with bundles one per slot that can run at once,
-        since each supernode then gets one bundle a round.
+        By default one per phone of a round; with bundles one per slot that can run at once
+        (each supernode gets one bundle a round), or more so that no bundle holds more than
+        ``BUNDLE_PHONES`` phones.
         """
-        default = self.backend.parallel if self.bundle else self.sampled_per_round
+        default = self.sampled_per_round
+        if self.bundle:
+            default = max(self.backend.parallel, math.ceil(default / BUNDLE_PHONES))
         return min(self.slots or default, self.sampled_per_round)
 
 

@@ -180,6 +180,9 @@ def test_bundles_default_to_one_slot_per_parallel_actor() -> None:
     cfg = make_cfg("simulation.bundle=true", "simulation.backend.num_cpus=2")
     assert parse_simulation(cfg).num_slots == 2
     assert parse_simulation(make_cfg("simulation.backend.num_cpus=2")).num_slots == 10
+    big = make_cfg("simulation.bundle=true", "simulation.backend.num_cpus=2",
+                   "simulation.population=10000", "simulation.clients_per_round=1000")
+    assert parse_simulation(big).num_slots == 20  # bundles of at most BUNDLE_PHONES = 50
 
 
 # --- whole runs ---------------------------------------------------------------------------------
