@@ -16,6 +16,8 @@ the bundle's error. Transport only: nothing here changes what a phone computes.
 from __future__ import annotations
 
 import heapq
+import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from flwr.app import Message
 
 from fedsim import keys
 from fedsim.bundle_wire import pack, unpack
+
+log = logging.getLogger("fedsim")
 
 
 def balance(costs: Sequence[float], bundles: int) -> list[list[int]]:
@@ -118,3 +122,34 @@ def busy_seconds(replies: Sequence[Message]) -> list[float]:
         0.0 if r.has_error() else float(r.content[keys.METRICS].get(keys.HANDLE_S, 0.0))
         for r in replies
     ]
+
+
+def exchange_bundled(
+    messages: Sequence[Message], slots: Sequence[int],
+    send: Callable[[list[Message]], list[Message]], cost: Callable[[Message], float],
+) -> list[Message]:
+    """Send ``messages`` as one bundle per slot through ``send`` (the round's exchange) and
+    return one reply per phone, as sending them one by one would.
+
+    With the ``fedsim`` logger at INFO it logs how long the exchange took, how long each slot
+    was busy and how idle the slots were, against dealing the same phones round robin.
+    """
+    if not messages:
+        return []
+    bundles = Bundles.of(messages, slots, cost)
+    started = time.perf_counter()
+    replies = bundles.unbundled(send(bundles.messages))
+    if log.isEnabledFor(logging.INFO):
+        busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
+        seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
+        index = {m.metadata.message_id: i for i, m in enumerate(messages)}
+        balanced = [[index[m.metadata.message_id] for m in group] for group in bundles.phones]
+        log.info(
+            "bundles: %.2f s to exchange; phones kept their slots busy %s s: idle %.3f of the "
+            "slots' time, %.3f if dealt round robin",
+            time.perf_counter() - started,
+            "/".join(f"{sum(seconds[i] for i in group):.2f}" for group in balanced),
+            idle_fraction(balanced, seconds),
+            idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
+        )
+    return replies

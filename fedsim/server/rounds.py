@@ -29,7 +29,7 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.models.evaluation import Evaluation
-from fedsim.server.bundles import Bundles, busy_seconds, idle_fraction, round_robin
+from fedsim.server.bundles import exchange_bundled
 from fedsim.strategy.virtual_clients import client_id_of
 from fedsim.strategy.wrapper import innermost
 
@@ -176,37 +176,7 @@ def exchange(
     return replies
 
 
-def exchange_bundled(
-    grid: Grid, messages: list[Message], timeout_s: float, stop: threading.Event,
-    devices: DeviceSimulation,
-) -> list[Message]:
-    """:func:`exchange` with one bundle per slot (:mod:`fedsim.server.bundles`); returns one
-    reply per phone, as :func:`exchange` would."""
-    if not messages:
-        return []
-    bundles = Bundles.of(
-        messages, sorted(grid.get_node_ids()),
-        lambda m: devices.expected_work(client_id_of(m), _config(m)),
-    )
-    started = time.perf_counter()
-    replies = bundles.unbundled(exchange(grid, bundles.messages, timeout_s, stop))
-    if log.isEnabledFor(logging.INFO):  # how well the balance worked, against round robin
-        busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
-        seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
-        index = {m.metadata.message_id: i for i, m in enumerate(messages)}
-        balanced = [[index[m.metadata.message_id] for m in group] for group in bundles.phones]
-        log.info(
-            "bundles: %.2f s to exchange; phones kept their slots busy %s s: idle %.3f of the "
-            "slots' time, %.3f if dealt round robin",
-            time.perf_counter() - started,
-            "/".join(f"{sum(seconds[i] for i in group):.2f}" for group in balanced),
-            idle_fraction(balanced, seconds),
-            idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
-        )
-    return replies
-
-
-def _config(message: Message) -> ConfigRecord:
+def _phone_config(message: Message) -> ConfigRecord:
     """The phone's config record (the one naming it)."""
     return next(r for r in message.content.config_records.values() if keys.CLIENT_ID in r)
 
@@ -278,8 +248,12 @@ def run_rounds(
         start = time.perf_counter()
         with strategy_errors("configure_train", strategy, server_round):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        if plan.bundle:
-            replies = exchange_bundled(grid, messages, plan.round_timeout_s, stop, devices)
+        if plan.bundle:  # one message per slot; back comes one reply per phone, as without
+            replies = exchange_bundled(
+                messages, sorted(grid.get_node_ids()),
+                lambda sent: exchange(grid, sent, plan.round_timeout_s, stop),
+                lambda m: devices.expected_work(client_id_of(m), _phone_config(m)),
+            )
         else:
             replies = exchange(grid, messages, plan.round_timeout_s, stop)
         if stop.is_set():
