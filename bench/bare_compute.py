@@ -40,7 +40,8 @@ def setup(threads: int) -> tuple[Any, Any, Any]:
     cache = os.path.join(os.environ.get("FEDSIM_CACHE", "~/.cache/fedsim"), "datasets")
     shards = ShardSource.from_config(
         {"_target_": "fedsim.data.datasets.Digits", "cache_dir": cache},
-        {"_target_": "fedsim.data.partition.iid.IidPartitioner"}, w.population, w.seed,
+        {"_target_": "fedsim.data.partition.iid.IidPartitioner",
+         "samples_per_client": w.samples_per_client}, w.population, w.seed,
     )
     splits, _ = shards.load()
     builder = ModelBuilder.from_config(

@@ -1,10 +1,16 @@
 """fedsim vs plain Flower vs bare compute on one workload, interleaved, medians and ratios.
 
 The workloads are fixed in ``bench/workload.py`` (``--workload default``: the README's default
-run; ``short``). Each repetition runs every contender once, one after another, so drift on a
+run; ``short``; ``cross_device``: 1,000 phones, 100 a round; ``cross_device_10k``: 10,000 phones,
+1,000 a round). Each repetition runs every contender once, one after another, so drift on a
 shared machine hits all alike:
 
-- ``fedsim``: ``run_sim.py`` with the workload's overrides;
+- ``fedsim``: ``run_sim.py`` with the workload's overrides and ``simulation.bundle=true`` (one
+  message per slot a round, issue 25);
+- ``fedsim_per_phone``: the same with ``simulation.bundle=false`` (one message per phone);
+- ``fedsim_before``: ``run_sim.py`` of another checkout, ``$BENCH_BEFORE_ROOT`` (e.g. ``git
+  worktree add --detach ../before <commit>``), with the workload's overrides only: the code
+  before a change, measured beside it;
 - ``plain_flower``: ``bench/plain_flower.py``, the workload the way Flower's quickstart writes it;
 - ``bare_1x2``: ``bench/bare_compute.py``: the same training in one process on 2 threads;
 - ``bare_2x1``: ``bench/bare_compute.py --procs 2``: two processes of one thread each, the
@@ -22,7 +28,8 @@ Per contender:
   clients' compute / parallel slots) / cohort, the median over steady rounds;
 - ``final_accuracy``.
 
-    python bench/compare.py [--workload default|short] [--reps 3] [--json results.json]
+    python bench/compare.py [--workload default|short|cross_device|cross_device_10k] [--reps 3]
+                            [--json results.json]
                             [--contenders fedsim plain_flower ...]
 """
 
@@ -43,19 +50,25 @@ from bench.process_tree import descendants, pss_bytes
 from bench.workload import WORKLOADS, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = ("fedsim", "plain_flower", "bare_1x2", "bare_2x1")
+CONTENDERS = ("fedsim", "fedsim_per_phone", "fedsim_before", "plain_flower", "bare_1x2",
+              "bare_2x1")
+# run_sim.py overrides of each fedsim contender, after the workload's own.
+FEDSIM = {"fedsim": ["simulation.bundle=true"], "fedsim_per_phone": ["simulation.bundle=false"],
+          "fedsim_before": []}
 FIGURES = ("end_to_end_s", "startup_s", "first_round_s", "steady_round_s", "peak_pss_mib",
            "overhead_per_client_call_s", "final_accuracy")
 
 
-def measure(cmd: list[str], env: dict[str, str], watch: Path | None) -> dict[str, float]:
+def measure(
+    cmd: list[str], env: dict[str, str], watch: Path | None, cwd: Path = ROOT
+) -> dict[str, float]:
     """Run ``cmd``; sample the tree's PSS every second; note when ``watch`` first gets a line.
 
     One PSS sample of a simulation's ~10 processes costs ~45 ms of kernel time (and holds each
     process's memory-map lock while it is read); every 0.25 s it slowed what it measured.
     """
     launched = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     peak, first_line, next_sample = 0, None, 0.0
     while proc.poll() is None:
@@ -72,11 +85,13 @@ def measure(cmd: list[str], env: dict[str, str], watch: Path | None) -> dict[str
     return {"launched": launched, "ended": time.time(), "peak": peak, "first_line": first_line}
 
 
-def run_fedsim(workload: Workload, tmp: Path) -> dict[str, float | None]:
+def run_fedsim(
+    workload: Workload, tmp: Path, extra: list[str], root: Path = ROOT
+) -> dict[str, float | None]:
     out = tmp / "fedsim"
     m = measure(
-        [sys.executable, "run_sim.py", *workload.fedsim_overrides, f"hydra.run.dir={out}"],
-        dict(os.environ), out / "metrics.jsonl",
+        [sys.executable, "run_sim.py", *workload.fedsim_overrides, *extra, f"hydra.run.dir={out}"],
+        dict(os.environ), out / "metrics.jsonl", cwd=root,
     )
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:]
@@ -116,8 +131,9 @@ def run_marked(workload: Workload, script: list[str], tmp: Path) -> dict[str, fl
 
 
 def run_one(contender: str, workload: Workload, tmp: Path) -> dict[str, float | None]:
-    if contender == "fedsim":
-        return run_fedsim(workload, tmp)
+    if contender in FEDSIM:
+        root = Path(os.environ["BENCH_BEFORE_ROOT"]) if contender == "fedsim_before" else ROOT
+        return run_fedsim(workload, tmp, FEDSIM[contender], root)
     script = {
         "plain_flower": ["bench/plain_flower.py"],
         "bare_1x2": ["bench/bare_compute.py", "--procs", "1"],
@@ -153,7 +169,16 @@ def report(workload: Workload, reps: int, results: dict[str, list[dict]]) -> Non
             print(f"steady round, fedsim / {bare}: {ratio:.3f} (target <= 1.15)")
     if "plain_flower" in med:
         ratio = med["plain_flower"]["end_to_end_s"] / f["end_to_end_s"]
-        print(f"end to end, plain Flower / fedsim: {ratio:.3f} (target >= 2)")
+        print(f"end to end, plain Flower / fedsim: {ratio:.3f} (issue 7: >= 2; 25: >= 3.5)")
+        ratio = med["plain_flower"]["steady_round_s"] / f["steady_round_s"]
+        print(f"steady round, plain Flower / fedsim: {ratio:.3f} (issue 25: >= 4)")
+    for other in ("fedsim_per_phone", "fedsim_before"):
+        if other in med:
+            for key in ("steady_round_s", "end_to_end_s"):
+                ratio = med[other][key] / f[key]
+                print(f"{key}, {other} / fedsim: {ratio:.3f}")
+    overhead = f["overhead_per_client_call_s"] * 1000
+    print(f"overhead per client call, fedsim: {overhead:.1f} ms (issue 25: <= 3 ms)")
     print(f"start-up, fedsim: {f['startup_s']:.2f} s (target <= 6)")
 
 
@@ -162,7 +187,8 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="default")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS,
+                        default=[c for c in CONTENDERS if c != "fedsim_before"])
     args = parser.parse_args()
     workload = WORKLOADS[args.workload]
     results: dict[str, list[dict]] = {c: [] for c in args.contenders}

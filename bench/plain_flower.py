@@ -51,8 +51,12 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int):
     )
     mean, std = x_train.mean(), x_train.std()
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    order = np.random.default_rng(W.seed).permutation(len(x_train))
-    part = np.array_split(order, num_partitions)[partition_id]
+    if W.samples_per_client is None:
+        order = np.random.default_rng(W.seed).permutation(len(x_train))
+        part = np.array_split(order, num_partitions)[partition_id]
+    else:  # more phones than images: each draws its own few
+        rng = np.random.default_rng([W.seed, partition_id])
+        part = rng.choice(len(x_train), W.samples_per_client, replace=False)
     train = TensorDataset(torch.from_numpy(x_train[part]), torch.from_numpy(y_train[part]))
     test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
     return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=500)

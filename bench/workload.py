@@ -10,6 +10,12 @@ evaluation on the test split after every round, 2 CPUs with 1 per client slot:
   to train the same thing. The comparison the README and ``docs/benchmarks.md`` quote.
 - ``short``: 8 rounds of 2 local epochs, where start-up, the first round and shut-down weigh
   most (it does not learn yet: accuracy stays near 0.10).
+- ``cross_device``: issue 25's cross-device workload: 1,000 phones with 1-2 digits each
+  (disjoint IID), 100 a round, 1 local epoch, 10 rounds. A phone's work is one step, as small
+  as the per-call cost of a Flower message.
+- ``cross_device_10k``: 10,000 phones, 1,000 a round, 1 local epoch, 3 rounds. Digits has too
+  few images for 10,000 disjoint shards, so each phone draws 2 of them (fedsim's sampled
+  partition mode, ``partition.samples_per_client=2``; plain Flower draws likewise).
 
 A contender started by ``compare.py`` reads its workload's name from ``$BENCH_WORKLOAD``.
 """
@@ -37,6 +43,7 @@ class Workload:
     seed: int = 0
     total_cpus: int = 2
     client_cpus: int = 1
+    samples_per_client: int | None = None  # None: disjoint shards; n: each phone draws n
 
     @property
     def fedsim_overrides(self) -> list[str]:
@@ -48,11 +55,19 @@ class Workload:
             f"simulation.local.momentum={self.momentum}", f"simulation.seed={self.seed}",
             f"simulation.backend.num_cpus={self.total_cpus}",
             f"simulation.backend.client_cpus={self.client_cpus}", "audit=none", "progress=lines",
-        ]
+        ] + (
+            [] if self.samples_per_client is None
+            else [f"partition.samples_per_client={self.samples_per_client}"]
+        )
 
 
-WORKLOADS = {w.name: w for w in (Workload("default", rounds=25, epochs=5),
-                                 Workload("short", rounds=8, epochs=2))}
+WORKLOADS = {w.name: w for w in (
+    Workload("default", rounds=25, epochs=5),
+    Workload("short", rounds=8, epochs=2),
+    Workload("cross_device", rounds=10, epochs=1, population=1000, cohort=100),
+    Workload("cross_device_10k", rounds=3, epochs=1, population=10_000, cohort=1000,
+             samples_per_client=2),
+)}
 
 
 def current() -> Workload:

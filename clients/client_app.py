@@ -50,6 +50,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients.algorithms.base import LocalAlgorithm, Outcome
+from clients.bundles import answer_bundle
 from clients.distillation import KDLoss, TeacherOnDevice, logits_of
 from clients.finetune import Full, mode_named
 from clients.local_dp import local_dp_rng, privatize
@@ -57,6 +58,7 @@ from clients.training import LocalRecipe, LocalResult, train_in_mode
 from clients.updates import attacked, encode_upload, full_batch_gradient, payload_tensors
 from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
+from fedsim.bundle_wire import is_bundle
 from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.phone_files import PhoneFiles
@@ -203,6 +205,24 @@ def obey_fault(
     return {keys.RECOVERED: 0}  # every reply has the key: Flower aggregates only uniform records
 
 
+# The records decoded last, with their arrays: the phones of a bundle share one model record
+# (and a client algorithm's), so it is parsed once per bundle instead of once per phone.
+_DECODED: list[tuple[ArrayRecord, dict[str, np.ndarray]]] = []
+
+
+def decoded(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """``record``'s arrays as numpy, parsed once however many phones of a bundle read it.
+
+    Nothing downstream writes into them (every step builds new arrays), so sharing is safe.
+    """
+    for seen, arrays in _DECODED:
+        if seen is record:
+            return arrays
+    arrays = {name: array.numpy() for name, array in record.items()}
+    _DECODED[:] = [(record, arrays), *_DECODED[:1]]
+    return arrays
+
+
 def train_reply(env: ClientEnvironment, message: Message) -> Message:
     """Train as the virtual client named in ``message`` and build the reply."""
     arrays_name, arrays = model_record(message.content)
@@ -221,8 +241,8 @@ def train_reply(env: ClientEnvironment, message: Message) -> Message:
 
     handling = time.perf_counter()  # from here on: what simulation.client_timeout_s limits
     fault_metrics = obey_fault(env, config, server_round, client_id)
-    # Deserialize the received model once; the torch view shares the numpy memory.
-    received = {name: array.numpy() for name, array in arrays.items()}
+    # Deserialize the received model once (once per bundle); torch views share its memory.
+    received = decoded(arrays)
     load_exchangeable_state(model, {name: torch.from_numpy(a) for name, a in received.items()})
     attack = env.threat.attacker(client_id) if env.threat else None
     if attack is not None:
@@ -300,8 +320,7 @@ def algorithm_inputs(
     """The server half's tensors in ``message`` and what this phone kept (both may be empty)."""
     records = message.content.array_records
     extra = (
-        {n: a.numpy() for n, a in records[keys.ALGORITHM].items()}
-        if keys.ALGORITHM in records else {}
+        decoded(records[keys.ALGORITHM]) if keys.ALGORITHM in records else {}
     )
     kept = None
     if env.algorithm.stateful:
@@ -374,6 +393,8 @@ def make_client_app(env: ClientEnvironment) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
+        if is_bundle(message.content):  # several phones, run one after another
+            return answer_bundle(message, lambda phone: train_reply(env, phone))
         return train_reply(env, message)
 
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,19 @@ class Backend:
             f"must be >= client_cpus ({self.client_cpus}), got {self.num_cpus}",
         )
 
+    @property
+    def parallel(self) -> int:
+        """Slots that can run at once: this machine's CPUs for Ray over ``client_cpus`` (on a
+        cluster, ``address``, this machine's count is only a guess: set ``simulation.slots``)."""
+        return max(1, (self.num_cpus or os.cpu_count() or 1) // self.client_cpus)
+
+
+# Most phones a bundle holds by default. A bundle's reply holds every phone's upload (50 of the
+# default student's: 145 MB), copied a few times between the actor, Ray's object store and the
+# driver; with 500 a bundle (10,000 phones, 1,000 a round, 2 slots) the run's memory peaked at
+# 14 GB. More bundles than slots cost nothing: Flower hands each to the next free slot.
+BUNDLE_PHONES = 50
+
 
 @dataclass(frozen=True)
 class Simulation:
@@ -109,6 +123,9 @@ class Simulation:
     # End the run after the first evaluation that reaches target_accuracy (a default, so that a
     # run saved before this field existed still resumes).
     stop_at_target: bool = False
+    # One message per slot a round, carrying many phones (docs/performance.md); a default, so a
+    # run saved before this field existed still resumes (its results are the same either way).
+    bundle: bool = False
 
     def __post_init__(self) -> None:
         for key in (
@@ -185,8 +202,16 @@ class Simulation:
 
     @property
     def num_slots(self) -> int:
-        """Supernodes to start: slots are reused, so more than a cohort is never useful."""
-        return min(self.slots or self.sampled_per_round, self.sampled_per_round)
+        """Supernodes to start: slots are reused, so more than a cohort is never useful.
+
+        By default one per phone of a round; with bundles one per slot that can run at once
+        (each supernode gets one bundle a round), or more so that no bundle holds more than
+        ``BUNDLE_PHONES`` phones.
+        """
+        default = self.sampled_per_round
+        if self.bundle:
+            default = max(self.backend.parallel, math.ceil(default / BUNDLE_PHONES))
+        return min(self.slots or default, self.sampled_per_round)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ PAYLOAD = "fedsim.payload"  # the reply's ConfigRecord of payload metadata
 PAYLOAD_KIND = "payload-kind"  # in PAYLOAD: weights | delta | gradient (fedsim.updates)
 UPDATE_KIND = "fedsim.update-kind"  # MetricRecord: index into fedsim.updates.KINDS
 PAYLOAD_BYTES = "fedsim.payload-bytes"  # MetricRecord: exact encoded upload size
+# The payload's parts travel packed into one buffer (issue 25: one Array, not one a tensor);
+# in PAYLOAD, what each part is: names, dtypes, number of dimensions and the dimensions.
+PACKED = "fedsim.packed"  # the ArrayRecord's one entry, and its Array's stype
+PART_NAMES = "fedsim.part-names"
+PART_DTYPES = "fedsim.part-dtypes"
+PART_NDIMS = "fedsim.part-ndims"
+PART_DIMS = "fedsim.part-dims"
 
 # --- On-device training (issue 3: server -> client config) ------------------------------------
 # The fine-tuning mode the server's memory-budget policy chose for this phone this round; the
@@ -61,3 +68,9 @@ DISTILL = "fedsim.distill"  # 1: train against the teacher's logits on the shard
 # aggregates (Flower's strategies expect one ArrayRecord per reply).
 ALGORITHM = "fedsim.algorithm"
 NORMALISED_STEPS = "fedsim.normalised-steps"  # FedNova's ||a_i||_1 (MetricRecord)
+
+# --- Bundles (issue 25: many phones per message; fedsim.bundle_wire) ---------------------------
+# A bundle carries several phones' records in one message, each record once however many phones
+# share it (the global model); this ConfigRecord says which records are whose, and in a reply
+# which phones failed and why.
+BUNDLE = "fedsim.bundle"

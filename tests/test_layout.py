@@ -3,7 +3,8 @@
 A phone (a Ray actor in a run) loads ``clients.client_app`` and must not pay for, or depend on,
 the server side: run orchestration, data partitioning, config, the fleet, the proxy-data work,
 the strategy stack or reporting. It may use only the leaf modules both sides share: message
-keys, errors, models, update codecs, the update rule, the attack behaviours and clipping.
+keys, errors, models, update codecs, the update rule, the attack behaviours, clipping and the
+bundle wire format.
 
 Checked twice: by importing ``clients.client_app`` in a fresh interpreter and listing what got
 loaded (what a Ray actor really pays), and by reading every import statement in ``fedsim/`` and
@@ -22,7 +23,7 @@ from tests.helpers import ROOT
 
 # The fedsim modules phone code may load: exact names, and packages loaded with all their modules.
 PHONE_SAFE = frozenset({
-    "fedsim", "fedsim.keys", "fedsim.errors", "fedsim.updates",
+    "fedsim", "fedsim.keys", "fedsim.errors", "fedsim.updates", "fedsim.bundle_wire",
     "fedsim.attacks", "fedsim.attacks.byzantine", "fedsim.attacks.threat",
     "fedsim.privacy", "fedsim.privacy.clipping",
 })

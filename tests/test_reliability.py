@@ -65,8 +65,12 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow  # starts Ray
-def test_kill_minus_9_then_resume_is_bit_identical(uninterrupted: Path, tmp_path: Path) -> None:
-    proc = start(tmp_path)
+# Killed while bundling, it still ends bit-identical to the per-phone run: bundles are transport.
+@pytest.mark.parametrize("bundle", ["false", "true"])
+def test_kill_minus_9_then_resume_is_bit_identical(
+    uninterrupted: Path, tmp_path: Path, bundle: str
+) -> None:
+    proc = start(tmp_path, f"simulation.bundle={bundle}")
     wait_for_rounds(tmp_path, 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-round 2
     proc.wait()
@@ -132,10 +136,12 @@ def test_resume_refuses_overrides_that_change_results(uninterrupted: Path) -> No
 
 
 @pytest.mark.slow  # starts Ray
-def test_injected_faults_are_each_accounted_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bundle", ["false", "true"])  # one message per phone, or per slot
+def test_injected_faults_are_each_accounted_for(tmp_path: Path, bundle: str) -> None:
     faults = Faults(client_error_rate=0.3, slow_client_rate=0.2, kill_actor_at_round=2)
     run_cli(
         tmp_path, *ROUNDS, "faults.client_error_rate=0.3", "faults.slow_client_rate=0.2",
+        f"simulation.bundle={bundle}",
         # A normal client-round takes about a second here; the timeout leaves room for a
         # loaded CI box (a fresh actor's first call, two runs' worth of CPU demand) so that
         # only the injected slow rounds (timeout + 2 s) overrun it.

@@ -32,6 +32,10 @@ from fedsim.fleet.flops import count_flops, train_cost
 from fedsim.fleet.round_memory import ClientRoundMemory
 from fedsim.fleet.settlement import DeviceRound, settle
 
+# Handling a phone's message (loading the model, encoding the upload) costs about as much host
+# time as training this many samples for one epoch (the default student on digits, one thread).
+HANDLING_SAMPLES = 4
+
 
 class DeviceSimulation:
     """Admits the cohort's phones, then settles their replies on the simulated clock.
@@ -230,6 +234,24 @@ class DeviceSimulation:
         if self.teacher is not None:
             told[keys.DISTILL] = int(admission.distill)
         return told
+
+    def expected_work(self, client_id: int, config: ConfigRecord) -> float:
+        """FLOPs the host runs for this phone this round, plus a fixed share for handling its
+        message: what bundles are balanced by (:mod:`fedsim.server.bundles`).
+
+        The round's admission says the mode (the tier and the budget chose it) and whether it
+        distills; ``config`` the epochs.
+        """
+        admission = self._admissions.get(client_id)
+        plan = admission.plan if admission is not None else None
+        mode = plan.mode if plan is not None else self.finetune.name
+        epochs = 1 if self.one_pass else int(config.get(keys.LOCAL_EPOCHS, self.epochs))
+        samples = self.samples(client_id)
+        work = sum(self.flops(mode, epochs, samples))
+        if admission is not None and admission.distill:
+            work += self.teacher_flops(samples)
+        # The handling share at the same mode's cost per sample-epoch (the same cached trace).
+        return float(work + sum(self.flops(mode, epochs, HANDLING_SAMPLES)) / epochs)
 
     # --- after the replies: the clock --------------------------------------------------------
 

@@ -29,6 +29,8 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.models.evaluation import Evaluation
+from fedsim.server.bundles import exchange_bundled
+from fedsim.strategy.virtual_clients import client_id_of
 from fedsim.strategy.wrapper import innermost
 
 log = logging.getLogger("fedsim")
@@ -46,6 +48,7 @@ class RoundPlan:
     client_timeout_s: float | None = None
     min_completed: int = 1
     stop_at: float | None = None  # end the run once an evaluation reaches this accuracy
+    bundle: bool = False  # one message per slot carrying its phones (fedsim.server.bundles)
 
     def evaluates(self, server_round: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always at the last round."""
@@ -173,6 +176,11 @@ def exchange(
     return replies
 
 
+def _phone_config(message: Message) -> ConfigRecord:
+    """The phone's config record (the one naming it)."""
+    return next(r for r in message.content.config_records.values() if keys.CLIENT_ID in r)
+
+
 def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
     """Block until the simulation engine has registered every execution slot."""
     deadline = time.monotonic() + timeout_s
@@ -240,7 +248,14 @@ def run_rounds(
         start = time.perf_counter()
         with strategy_errors("configure_train", strategy, server_round):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = exchange(grid, messages, plan.round_timeout_s, stop)
+        if plan.bundle:  # one message per slot; back comes one reply per phone, as without
+            replies = exchange_bundled(
+                messages, sorted(grid.get_node_ids()),
+                lambda sent: exchange(grid, sent, plan.round_timeout_s, stop),
+                lambda m: devices.expected_work(client_id_of(m), _phone_config(m)),
+            )
+        else:
+            replies = exchange(grid, messages, plan.round_timeout_s, stop)
         if stop.is_set():
             return "interrupted"
         outcome = tally(messages, replies, plan.client_timeout_s)

@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import keys
-from fedsim.compression.wire import from_records, model_record, whole_tensors
+from fedsim.compression.wire import from_records, model_record, payload_parts, whole_tensors
 from fedsim.strategy.wrapper import StrategyWrapper
 from fedsim.updates import WEIGHTS, UpdateRule, reconstruct
 
@@ -114,7 +114,8 @@ class DecodeUpdates(StrategyWrapper):
         weights = None
         if self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
             # The weights as they arrived; those not uploaded as the phone received them.
-            weights = whole_tensors(payload, self._global, missing=self._global_record)
+            parts = payload_parts(payload, meta)
+            weights = whole_tensors(parts, self._global, missing=self._global_record)
         if weights is None:
             encoded, payload_kind = from_records(payload, meta)
             decoded = reconstruct(
