@@ -27,7 +27,13 @@ class Evaluation:
 def evaluate_model(model: nn.Module, data: ArrayDataset, batch_size: int) -> Evaluation:
     """Mean cross-entropy and top-1 accuracy of ``model`` on ``data``, in eval mode."""
     model.eval()
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    return score(model, torch.from_numpy(data.x), torch.from_numpy(data.y), batch_size)
+
+
+@torch.no_grad()
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Evaluation:
+    """Mean cross-entropy and top-1 accuracy of ``model``'s logits on inputs ``x`` (images, or
+    a head's features), ``batch_size`` at a time; ``model`` is already in the mode wanted."""
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         logits = model(x[start : start + batch_size])  # (B, classes)

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
 from clients.finetune.base import pooled_features
 from fedsim.data.splits import ArrayDataset
-from fedsim.models.evaluation import Evaluation, evaluate_model
+from fedsim.models.evaluation import Evaluation, evaluate_model, score
 from fedsim.models.layers import FeaturesClassifier
 from fedsim.models.state import load_exchangeable_state
 
@@ -67,15 +66,7 @@ class CentralEvaluator:
             self._cached = _TestFeatures(snapshot, features)
         return self._cached.features
 
-    @torch.no_grad()
     def _evaluate_head(self, features: torch.Tensor) -> Evaluation:
         """:func:`~fedsim.models.evaluation.evaluate_model` with the backbone's part done."""
         self.model.eval()
-        y = torch.from_numpy(self.test.y)
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(y), self.batch_size):
-            logits = self.model.classifier(features[start : start + self.batch_size])
-            target = y[start : start + self.batch_size]
-            total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == target).sum())
-        return Evaluation(loss=total_loss / len(y), accuracy=correct / len(y))
+        return score(self.model.classifier, features, torch.from_numpy(self.test.y), self.batch_size)

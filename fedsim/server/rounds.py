@@ -30,7 +30,7 @@ from fedsim.report.run_log import RoundRecord
 from fedsim.fleet.device_simulation import DeviceSimulation
 from fedsim.models.evaluation import Evaluation
 from fedsim.server.bundles import exchange_bundled
-from fedsim.strategy.virtual_clients import client_id_of
+from fedsim.strategy.virtual_clients import client_id_of, phone_config
 from fedsim.strategy.wrapper import innermost
 
 log = logging.getLogger("fedsim")
@@ -176,11 +176,6 @@ def exchange(
     return replies
 
 
-def _phone_config(message: Message) -> ConfigRecord:
-    """The phone's config record (the one naming it)."""
-    return next(r for r in message.content.config_records.values() if keys.CLIENT_ID in r)
-
-
 def wait_for_slots(grid: Grid, slots: int, timeout_s: float = 300.0) -> None:
     """Block until the simulation engine has registered every execution slot."""
     deadline = time.monotonic() + timeout_s
@@ -252,7 +247,7 @@ def run_rounds(
             replies = exchange_bundled(
                 messages, sorted(grid.get_node_ids()),
                 lambda sent: exchange(grid, sent, plan.round_timeout_s, stop),
-                lambda m: devices.expected_work(client_id_of(m), _phone_config(m)),
+                lambda m: devices.expected_work(client_id_of(m), phone_config(m)),
             )
         else:
             replies = exchange(grid, messages, plan.round_timeout_s, stop)

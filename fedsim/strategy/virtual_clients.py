@@ -71,12 +71,17 @@ class _CohortView(Grid):
         raise RuntimeError("fedsim sends messages itself; a strategy must not send them")
 
 
-def client_id_of(message: Message) -> int:
-    """The virtual client id a train message is addressed to."""
+def phone_config(message: Message) -> ConfigRecord:
+    """The config record of a train message that names its virtual client."""
     for record in message.content.config_records.values():
         if keys.CLIENT_ID in record:
-            return int(record[keys.CLIENT_ID])
+            return record
     raise KeyError(f"message carries no {keys.CLIENT_ID!r}")
+
+
+def client_id_of(message: Message) -> int:
+    """The virtual client id a train message is addressed to."""
+    return int(phone_config(message)[keys.CLIENT_ID])
 
 
 def addressed_to(message: Message) -> int | None:
