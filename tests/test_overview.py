@@ -60,6 +60,17 @@ def test_curves_read_back_by_hand(sweep: Path) -> None:
     assert krum.sim_minutes == (2.0, 6.0)  # 120 s and 360 s of simulated time
 
 
+def test_pooled_sweeps_are_drawn_after_the_first(sweep: Path, tmp_path_factory) -> None:
+    # A baseline run as its own sweep, pooled as `python -m fedsim.report SWEEP BASELINE` does.
+    baseline = tmp_path_factory.mktemp("baseline")
+    write_job(baseline, "0", ["attack=none", "strategy=fedavg", "simulation.seed=0"],
+              [0.5, 0.8, 0.9], 1.0)
+    curves = find_curves(sweep, [baseline])
+    assert [c.run_dir for c in curves] == [sweep / n for n in "0123"] + [baseline / "0"]
+    assert curves[-1].setting == ("attack=none", "strategy=fedavg")
+    assert curves[-1].accuracy == (0.5, 0.8, 0.9)
+
+
 def test_seeds_share_a_colour_and_settings_do_not(sweep: Path) -> None:
     curves = find_curves(sweep)
     labels = setting_labels(curves)

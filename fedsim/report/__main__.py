@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     written, rows = [], None
     try:
-        curves = write_overview(args.sweep_dir)
+        curves = write_overview(args.sweep_dir, tuple(args.more))
         written.append(args.sweep_dir / OVERVIEW)
     except FileNotFoundError:  # no metrics.jsonl: jobs copied without their round logs
         curves = []

@@ -12,6 +12,7 @@ interrupted is drawn with the rounds it finished.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +53,16 @@ def read_curve(metrics: Path) -> Curve:
     )
 
 
-def find_curves(sweep_dir: Path) -> list[Curve]:
-    """Every job under ``sweep_dir`` with at least one evaluated round, in the sweep's order."""
-    paths = sorted(
-        sweep_dir.rglob("metrics.jsonl"), key=lambda p: job_order(p.relative_to(sweep_dir))
-    )
-    curves = [read_curve(p) for p in paths]
+def find_curves(sweep_dir: Path, also: Iterable[Path] = ()) -> list[Curve]:
+    """Every job under ``sweep_dir`` and the sweeps in ``also`` (pooled into one report, as
+    :func:`fedsim.report.sweep.find_sweep_jobs` pools them) with at least one evaluated round,
+    each sweep's jobs in its order, the first directory's first."""
+    curves = []
+    for directory in (sweep_dir, *also):
+        paths = sorted(
+            directory.rglob("metrics.jsonl"), key=lambda p: job_order(p.relative_to(directory))
+        )
+        curves += [read_curve(p) for p in paths]
     return [c for c in curves if c.rounds]
 
 
@@ -119,9 +124,10 @@ def plot_overview(curves: list[Curve], path: Path, title: str) -> dict[tuple[str
     return colour
 
 
-def write_overview(sweep_dir: Path) -> list[Curve]:
-    """Write ``overview.png`` into ``sweep_dir``; return the curves drawn."""
-    curves = find_curves(sweep_dir)
+def write_overview(sweep_dir: Path, also: Iterable[Path] = ()) -> list[Curve]:
+    """Write ``overview.png`` of ``sweep_dir`` and the sweeps in ``also`` into ``sweep_dir``;
+    return the curves drawn."""
+    curves = find_curves(sweep_dir, also)
     if not curves:
         raise FileNotFoundError(f"{sweep_dir}: no run with an evaluated round (metrics.jsonl)")
     settings = len(setting_labels(curves))
