@@ -1,4 +1,4 @@
-"""The student zoo side by side: size, cost on this CPU, and accuracy after one federated recipe.
+"""The student zoo side by side: size and cost on this CPU.
 
 For each student in ``conf/model`` (at its config's width) and, for reference, the default
 teacher (``conf/teacher/resnet20.yaml``), on Fashion-MNIST shapes (1x28x28, 10 classes):
@@ -6,24 +6,18 @@ teacher (``conf/teacher/resnet20.yaml``), on Fashion-MNIST shapes (1x28x28, 10 c
 - ``parameters``, ``bytes_fp32``, ``bytes_int8``, ``flops_per_inference``
   (:func:`fedsim.fleet.model_size.model_size`);
 - ``train step (ms)``: one SGD step (batch 8, full fine-tuning, momentum 0.9) on 1 thread,
-  median of ``--steps`` after 3 warm-up steps;
-- ``accuracy``: the final test accuracy of one fixed federated recipe through ``run_sim.py``:
-  digits (8x8: a Fashion-MNIST round costs a minute on 2 cores, a digits round seconds), IID,
-  100 phones, 10 per round, ``--rounds`` rounds (10), 5 local epochs at batch 8 and lr 0.05,
-  FedAvg, BatchNorm, seed 0, no pre-training (``--no-runs`` skips it).
+  median of ``--steps`` after 3 warm-up steps.
 
-Usage: ``python -m bench.students [--rounds 10] [--steps 20] [--no-runs]``; prints a markdown
-table (kept in ``docs/benchmarks.md``).
+What each student reaches when trained federatedly is an experiment, not a benchmark:
+``python run_sim.py -m +experiment=student_zoo`` (every student through the default run, 3
+seeds). Usage: ``python -m bench.students [--steps 20]``; prints a markdown table (kept in
+``docs/benchmarks.md``, "The student zoo").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +27,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = (1, 28, 28)
 STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2", "ghostnet", "squeezenet")
-RECIPE = [
-    "dataset=digits", "partition=iid", "simulation.population=100",
-    "simulation.clients_per_round=10", "simulation.local.epochs=5",
-    "simulation.local.batch_size=8", "simulation.local.lr=0.05", "simulation.seed=0",
-    "simulation.eval_every=100", "audit=none", "progress=lines",
-]
 
 
 def node(group: str, name: str) -> dict:
@@ -70,42 +58,26 @@ def step_ms(model: torch.nn.Module, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def federated_accuracy(student: str, rounds: int) -> float:
-    with tempfile.TemporaryDirectory() as run_dir:
-        subprocess.run(
-            [sys.executable, "run_sim.py", f"model={student}", f"simulation.rounds={rounds}",
-             *RECIPE, f"hydra.run.dir={run_dir}"],
-            cwd=ROOT, check=True, capture_output=True, text=True,
-        )
-        return json.loads((Path(run_dir) / "summary.json").read_text())["final_accuracy"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--no-runs", action="store_true", help="skip the federated runs")
     args = parser.parse_args()
 
     from fedsim.fleet.model_size import model_size
 
     torch.set_num_threads(1)
-    rows = [(name, node("model", name), True) for name in STUDENTS]
-    rows.append(("resnet20 (teacher)", node("teacher", "resnet20")["model"], False))
+    rows = [(name, node("model", name)) for name in STUDENTS]
+    rows.append(("resnet20 (teacher)", node("teacher", "resnet20")["model"]))
     print("| network | width | parameters | fp32 (KB) | int8 (KB) | MFLOPs / inference "
-          "| train step, batch 8 (ms) | accuracy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, model_node, is_student in rows:
+          "| train step, batch 8 (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, model_node in rows:
         model = build(model_node)
         size = model_size(model, INPUT)
-        accuracy = "" if not is_student or args.no_runs else (
-            f"{federated_accuracy(name, args.rounds):.4f}"
-        )
         print(
             f"| {name} | {model_node.get('width_mult', 1.0)} | {size['parameters']:,} "
             f"| {size['bytes_fp32'] / 1e3:,.0f} | {size['bytes_int8'] / 1e3:,.0f} "
-            f"| {size['flops_per_inference'] / 1e6:.1f} | {step_ms(model, args.steps):.1f} "
-            f"| {accuracy} |",
+            f"| {size['flops_per_inference'] / 1e6:.1f} | {step_ms(model, args.steps):.1f} |",
             flush=True,
         )
 
