@@ -111,5 +111,54 @@ def test_command_line_writes_it_beside_the_tradeoff_report(sweep: Path) -> None:
     assert ">= 27.8x" in result.stdout and str(sweep / OUTPUTS[0]) in result.stdout
 
 
+def log_rounds(root: Path, name: str, accuracy: dict[int, float]) -> None:
+    """``metrics.jsonl`` with an evaluation at each round of ``accuracy``."""
+    lines = [json.dumps({"round": r, "accuracy": a}) for r, a in sorted(accuracy.items())]
+    (root / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_lower_target_is_read_from_the_round_logs(tmp_path: Path) -> None:
+    # FedSGD (evaluated every 10th round) misses 0.75 in 100 rounds in both seeds, so against
+    # it FedAvg's speed-up at 0.75 is only a bound; both FedSGD seeds pass 0.7, at rounds 40
+    # and 60 (mean 50). FedAvg stopped at 0.75 in rounds 4 and 6 and passed 0.7 at 2 and 4
+    # (mean 3): 50 / 3 = 16.7x, measured. A third recipe diverged at round 5 after passing
+    # 0.7 at round 3: for 0.7 it counts as reached.
+    for seed, at in enumerate((40, 60)):
+        job(tmp_path, f"{seed}", "iid", "fedsgd", seed, None, 100)
+        log_rounds(tmp_path, f"{seed}", {r: 0.5 if r < at else 0.72 for r in range(10, 101, 10)})
+    for seed, (at, stop) in enumerate(((2, 4), (4, 6))):
+        job(tmp_path, f"{2 + seed}", "iid", "e5_b10", seed, stop, stop, stopped="target_reached")
+        log_rounds(tmp_path, f"{2 + seed}",
+                   {r: 0.6 if r < at else 0.7 if r < stop else 0.76 for r in range(1, stop + 1)})
+    job(tmp_path, "4", "iid", "e5_b50", 0, None, 5, stopped="diverged")
+    log_rounds(tmp_path, "4", {1: 0.5, 2: 0.6, 3: 0.71, 4: 0.1, 5: 0.1})
+
+    write_rounds_to_target(tmp_path, find_jobs(tmp_path))  # the runs' own 0.75
+    assert table(tmp_path)[f"{RECIPE}=e5_b10"][1:3] == ["5.0 ± 1.4", ">= 20.0x"]
+    rows = write_rounds_to_target(tmp_path, find_jobs(tmp_path), target=0.7)
+    assert rows is not None
+    lines = (tmp_path / "rounds_to_target_0.7.md").read_text()
+    assert "first reached 0.7 (the first such round in each run's metrics.jsonl)" in lines
+    cells = {row[0]: row[1:] for row in (
+        [c.strip() for c in line.strip("|").split("|")] for line in lines.splitlines()
+        if line.startswith("| ")
+    )}
+    assert cells[BASELINE][1:3] == ["50.0 ± 14.1", "baseline"]
+    assert cells[f"{RECIPE}=e5_b10"][1:3] == ["3.0 ± 1.4", "16.7x"]
+    assert cells[f"{RECIPE}=e5_b50"][1:3] == ["3.0 ± 0.0", "16.7x"]
+    assert (tmp_path / "rounds_to_target_0.7.png").stat().st_size > 1000
+    assert table(tmp_path)[f"{RECIPE}=e5_b10"][2] == ">= 20.0x"  # the 0.75 report is kept
+
+    # 0.8: the FedAvg runs stopped at 0.75, so whether they would have reached it is unknown.
+    with pytest.raises(ValueError, match=r"--target 0.8: .* stopped when it reached 0.75"):
+        write_rounds_to_target(tmp_path, find_jobs(tmp_path), target=0.8)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim.report", str(tmp_path), "--target", "0.8"], cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("fedsim.report: error: --target 0.8: ")
+
+
 def test_doctests() -> None:
     assert doctest.testmod(rounds_to_target).failed == 0

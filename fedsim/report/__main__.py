@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", metavar="OVERRIDE",
         help="rounds-to-target speed-ups against the same setting with this override",
     )
+    parser.add_argument(
+        "--target", type=float, metavar="ACCURACY",
+        help="also report rounds to this accuracy, read from each job's metrics.jsonl "
+             "(at most the runs' own target if they stopped at it)",
+    )
     args = parser.parse_args(argv)
     for directory in (args.sweep_dir, *args.more):
         if not directory.is_dir():
@@ -52,9 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     if rows is not None:
         print((args.sweep_dir / OUTPUTS[1]).read_text(), end="")
     jobs = find_sweep_jobs(args.sweep_dir, args.more)
-    if rounds_to_target.write_rounds_to_target(args.sweep_dir, jobs, args.baseline) is not None:
-        written += [args.sweep_dir / o for o in rounds_to_target.OUTPUTS]
-        print((args.sweep_dir / rounds_to_target.OUTPUTS[0]).read_text(), end="")
+    targets = [None] if args.target is None else [None, args.target]
+    for target in targets:
+        try:
+            rows_to_target = rounds_to_target.write_rounds_to_target(
+                args.sweep_dir, jobs, args.baseline, target
+            )
+        except ValueError as err:
+            print(f"fedsim.report: error: {err}", file=sys.stderr)
+            return 2
+        if rows_to_target is not None:
+            outputs = rounds_to_target.outputs_for(target)
+            written += [args.sweep_dir / o for o in outputs]
+            print((args.sweep_dir / outputs[0]).read_text(), end="")
     settings = "no finished run" if rows is None else f"{len(rows)} settings"
     print(f"{len(curves)} runs, {settings}; wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -13,10 +13,17 @@ settings to have reached the target; otherwise it is a bound (``>= x``) or not g
 
 Written beside the trade-off report (``rounds_to_target.md`` and ``.png``) when the sweep's jobs
 have a target; everything in it is re-derivable from the jobs' ``summary.json`` files.
+
+A lower target than the runs had can be read afterwards from each job's ``metrics.jsonl``
+(``python -m fedsim.report DIR --target 0.7`` writes ``rounds_to_target_0.7.{md,png}``): a run
+that stopped at its own target reached every lower one on the way, and a baseline that never
+reached the runs' target may reach a lower one, which turns a lower bound on a speed-up into a
+measured factor. A higher target than a run stopped at cannot be known and is refused.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +60,26 @@ class TargetRow:
         return mean_std(done) if done else None
 
 
-def target_rows(jobs: Sequence[Job]) -> list[TargetRow]:
-    """One :class:`TargetRow` per setting, in sweep order."""
+def first_round_at(run_dir: Path, target: float) -> int | None:
+    """The first evaluated round of ``run_dir/metrics.jsonl`` with accuracy >= ``target``."""
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        accuracy = record.get("accuracy")
+        if accuracy is not None and accuracy >= target:
+            return int(record["round"])
+    return None
+
+
+def reached_at(job: Job, target: float | None) -> int | None:
+    """The round ``job`` first reached ``target`` (``None``: the runs' own target, from its
+    summary); ``None`` if it did not."""
+    if target is None:
+        return job.summary.get("round_to_target")
+    return first_round_at(job.run_dir, target)
+
+
+def target_rows(jobs: Sequence[Job], target: float | None = None) -> list[TargetRow]:
+    """One :class:`TargetRow` per setting, in sweep order, for ``target`` (``None``: the runs')."""
     by_setting: dict[tuple[str, ...], list[Job]] = {}
     for job in jobs:
         by_setting.setdefault(job.setting, []).append(job)
@@ -62,8 +87,8 @@ def target_rows(jobs: Sequence[Job]) -> list[TargetRow]:
     rows = []
     for setting, group in by_setting.items():
         group = sorted(group, key=lambda job: (job.seed is None, job.seed))
-        rounds = tuple(job.summary.get("round_to_target") for job in group)
-        missed = [job for job in group if job.summary.get("round_to_target") is None]
+        rounds = tuple(reached_at(job, target) for job in group)
+        missed = [job for job, reached in zip(group, rounds) if reached is None]
         diverged = tuple(int(job.summary.get("rounds") or 0) for job in missed
                          if job.summary.get("stopped") == "diverged")
         ran = [int(job.summary.get("rounds") or 0) for job in missed
@@ -135,13 +160,14 @@ def rounds_cell(row: TargetRow) -> str:
 
 
 def markdown(rows: list[TargetRow], target: float, baseline: str | None, title: str,
-             common: tuple[str, ...]) -> list[str]:
-    """The table's lines."""
+             common: tuple[str, ...],
+             source: str = "`round_to_target` in each run's summary.json") -> list[str]:
+    """The table's lines; ``source`` says where the rounds were read."""
     index = {frozenset(row.setting): row for row in rows}
     lines = [
         f"# {title}", "",
         f"Rounds until the global model's test accuracy first reached {target:g} "
-        f"(`round_to_target` in each run's summary.json), mean ± sample std over the seeds that "
+        f"({source}), mean ± sample std over the seeds that "
         f"reached it; final accuracy is at each run's last round (with "
         f"`simulation.stop_at_target`, the round it reached the target). "
         f"Every run: {' '.join(common) or 'config defaults'}.",
@@ -234,22 +260,53 @@ def configured_baseline(jobs: Sequence[Job]) -> str | None:
     return None
 
 
+def outputs_for(target: float | None) -> tuple[str, str]:
+    """The files a report for ``target`` writes (:data:`OUTPUTS` for the runs' own).
+
+    >>> outputs_for(0.7)
+    ('rounds_to_target_0.7.md', 'rounds_to_target_0.7.png')
+    """
+    if target is None:
+        return OUTPUTS
+    return tuple(name.replace(".", f"_{target:g}.", 1) for name in OUTPUTS)  # type: ignore[return-value]
+
+
+def check_lower_target(jobs: Sequence[Job], target: float) -> None:
+    """Refuse ``target`` if some job stopped at a lower target of its own: whether it would
+    have reached this one is not known."""
+    for job in jobs:
+        own = job.summary.get("target_accuracy")
+        if job.summary.get("stopped") == "target_reached" and own is not None and target > own:
+            raise ValueError(
+                f"--target {target:g}: {job.run_dir} stopped when it reached {own:g} "
+                "(simulation.stop_at_target), so a higher target cannot be read from it"
+            )
+
+
 def write_rounds_to_target(
     sweep_dir: Path, jobs: Sequence[Job], baseline: str | None = None,
+    target: float | None = None,
 ) -> list[TargetRow] | None:
-    """Write :data:`OUTPUTS` into ``sweep_dir`` when every job has one target; return the rows.
+    """Write the report into ``sweep_dir`` (:data:`OUTPUTS`, or :func:`outputs_for` ``target``)
+    when every job has one target, or for ``target`` from the jobs' round logs; return the rows.
 
     ``baseline``: the override speed-ups are against; ``None``: the jobs' ``report.baseline``.
     """
-    targets = {job.summary.get("target_accuracy") for job in jobs} - {None}
-    if len(targets) != 1:
-        return None
-    target = targets.pop()
+    outputs = outputs_for(target)
+    source = "`round_to_target` in each run's summary.json"
+    if target is None:
+        targets = {job.summary.get("target_accuracy") for job in jobs} - {None}
+        if len(targets) != 1:
+            return None
+        shown = targets.pop()
+    else:
+        check_lower_target(jobs, target)
+        shown, source = target, "the first such round in each run's metrics.jsonl"
     baseline = baseline or configured_baseline(jobs)
-    rows = target_rows(jobs)
+    rows = target_rows(jobs, target)
     common = common_overrides(row.setting for row in rows)
-    title = f"Rounds to {target:g} accuracy: `{sweep_dir}`, {len(jobs)} runs"
-    lines = markdown(rows, target, baseline, title, common)
-    (sweep_dir / OUTPUTS[0]).write_text("\n".join(lines) + "\n")
-    plot(rows, baseline, sweep_dir / OUTPUTS[1], f"{sweep_dir}: rounds to {target:g} accuracy")
+    title = f"Rounds to {shown:g} accuracy: `{sweep_dir}`, {len(jobs)} runs"
+    lines = markdown(rows, shown, baseline, title, common, source)
+    (sweep_dir / outputs[0]).write_text("\n".join(lines) + "\n")
+    plot(rows, baseline, sweep_dir / outputs[1], f"{sweep_dir}: rounds to {shown:g} accuracy")
     return rows
