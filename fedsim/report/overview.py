@@ -11,12 +11,12 @@ interrupted is drawn with the rounds it finished.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.report.plots import pyplot
+from fedsim.report.run_log import read_records
 from fedsim.report.sweep import (
     common_overrides, job_order, read_overrides, split_overrides, varying_label,
 )
@@ -40,7 +40,7 @@ class Curve:
 
 def read_curve(metrics: Path) -> Curve:
     """The curve of the job whose ``metrics.jsonl`` is ``metrics``."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_records(metrics)
     evaluated = [r for r in records if r.get("accuracy") is not None]
     setting, _, seed = split_overrides(read_overrides(metrics.parent))
     return Curve(

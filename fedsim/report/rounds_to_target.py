@@ -23,7 +23,6 @@ measured factor. A higher target than a run stopped at cannot be known and is re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import yaml
 
 from fedsim.report.rows import Stat, mean_std
+from fedsim.report.run_log import read_records
 from fedsim.report.sweep import Job, common_overrides, override_key, varying_label
 
 OUTPUTS = ("rounds_to_target.md", "rounds_to_target.png")
@@ -62,8 +62,7 @@ class TargetRow:
 
 def first_round_at(run_dir: Path, target: float) -> int | None:
     """The first evaluated round of ``run_dir/metrics.jsonl`` with accuracy >= ``target``."""
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
+    for record in read_records(run_dir / "metrics.jsonl"):
         accuracy = record.get("accuracy")
         if accuracy is not None and accuracy >= target:
             return int(record["round"])
@@ -268,7 +267,8 @@ def outputs_for(target: float | None) -> tuple[str, str]:
     """
     if target is None:
         return OUTPUTS
-    return tuple(name.replace(".", f"_{target:g}.", 1) for name in OUTPUTS)  # type: ignore[return-value]
+    stem = f"rounds_to_target_{target:g}"
+    return f"{stem}.md", f"{stem}.png"
 
 
 def check_lower_target(jobs: Sequence[Job], target: float) -> None:
