@@ -9,6 +9,12 @@ phones after it still run. A phone that kills the process (``faults.kill_actor_a
 the bundle with it; Ray re-runs the whole bundle, and since every phone is seeded by
 ``(seed, round, phone)`` and its stored state is read from earlier rounds only, the re-run gives
 the same replies. The server half, :mod:`fedsim.server.bundles`, unbundles the reply.
+
+With partial sums (the bundle's layout says :data:`fedsim.keys.PARTIAL_SUMS`) each phone's
+entry in the reply is its metrics only, and the slot adds the phone's model to the bundle's
+:class:`~clients.partial_sums.PartialSum` instead: the reply carries one model. A phone that
+failed, or overran the client time-out the layout names, is left out of the sum, as the server
+would leave its reply out of the aggregate.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ import copy
 import traceback
 from collections.abc import Callable
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import Error, Message, MetricRecord, RecordDict
 
-from fedsim.bundle_wire import pack, unpack
+from clients.partial_sums import PartialSum, Summand
+from fedsim import keys
+from fedsim.bundle_wire import options, pack, unpack
+from fedsim.compression.codecs import NoCompression
+from fedsim.compression.wire import to_records
+from fedsim.updates import MEAN
 
 # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: what a per-phone message's exception becomes.
 CLIENT_APP_RAISED_EXCEPTION = 2
@@ -36,6 +47,50 @@ def answer_bundle(message: Message, train: Callable[[Message], Message]) -> Mess
         except Exception as err:  # noqa: BLE001 - one phone's failure is that phone's reply
             answers.append(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(err)))
     return Message(pack(answers), reply_to=message)
+
+
+def sums_partially(message: Message) -> bool:
+    """Whether the bundle ``message`` asks for one partial sum instead of each phone's upload."""
+    return bool(options(message.content).get(keys.PARTIAL_SUMS, False))
+
+
+def answer_summed(message: Message, train: Callable[[Message], Summand]) -> Message:
+    """Run ``train`` for each phone of the bundle ``message``; one reply holding every phone's
+    metrics and the example-weighted mean of their models (:func:`partial_records`)."""
+    timeout_s = options(message.content).get(keys.CLIENT_TIMEOUT_S)
+    total, name = PartialSum(), ""
+    answers: list[RecordDict | Error] = []
+    for content in unpack(message.content):
+        phone = Message(content=content, metadata=copy.copy(message.metadata))
+        try:
+            summand = train(phone)
+        except Exception as err:  # noqa: BLE001 - one phone's failure is that phone's reply
+            answers.append(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(err)))
+            continue
+        metrics = summand.metrics
+        answers.append(RecordDict({keys.METRICS: MetricRecord(metrics)}))
+        if timeout_s is None or metrics[keys.HANDLE_S] <= float(timeout_s):
+            name = summand.arrays_name
+            total.add(
+                summand.model, summand.weights, metrics[keys.NUM_EXAMPLES],
+                int(metrics[keys.CLIENT_ID]),
+            )
+    return Message(pack(answers, partial=partial_records(total, name)), reply_to=message)
+
+
+def partial_records(total: PartialSum, arrays_name: str) -> RecordDict | None:
+    """The partial sum as a reply's records (a weights payload of kind :data:`~fedsim.updates.
+    MEAN`, packed like any upload, and its weight), or ``None`` if no phone counted."""
+    if total.phones == 0 or total.weight <= 0:
+        return None
+    payload, meta = to_records(NoCompression().encode(total.mean()), MEAN)
+    weight = int(total.weight) if float(total.weight).is_integer() else total.weight
+    metrics = {
+        keys.NUM_EXAMPLES: weight, keys.CLIENT_ID: total.first_client, keys.PHONES: total.phones,
+    }
+    return RecordDict(
+        {arrays_name: payload, keys.PAYLOAD: meta, keys.METRICS: MetricRecord(metrics)}
+    )
 
 
 def failure_text(err: Exception) -> str:

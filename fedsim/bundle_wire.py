@@ -15,7 +15,8 @@ held, so the phone's code path and its numbers are those of per-phone messages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flwr.app import ConfigRecord, Error, RecordDict
 
@@ -29,11 +30,17 @@ def is_bundle(content: RecordDict) -> bool:
     return keys.BUNDLE in content.config_records
 
 
-def pack(entries: Sequence[RecordDict | Error]) -> RecordDict:
+def pack(
+    entries: Sequence[RecordDict | Error], options: Mapping[str, Any] | None = None,
+    partial: RecordDict | None = None,
+) -> RecordDict:
     """One RecordDict holding every phone's records (or error), each distinct record once.
 
     Records are shared by identity: the same object in several phones' contents is stored once
-    (``r<k>``), which is what makes the global model travel once per bundle.
+    (``r<k>``), which is what makes the global model travel once per bundle. ``options``
+    (config values) go into the layout, for the slot (:func:`options`); ``partial``, a slot's
+    partial sum (:mod:`clients.partial_sums`), goes beside the phones' records
+    (:func:`partial_of`).
 
     >>> from flwr.app import ConfigRecord
     >>> shared = ConfigRecord({"lr": 0.1})
@@ -45,7 +52,7 @@ def pack(entries: Sequence[RecordDict | Error]) -> RecordDict:
     """
     bundle = RecordDict()
     stored: dict[int, str] = {}  # id(record) -> its key in the bundle
-    layout: dict = {_PHONES: len(entries)}
+    layout: dict = {**(options or {}), _PHONES: len(entries)}
     for i, entry in enumerate(entries):
         if isinstance(entry, Error):
             layout[f"{i}.error-code"] = int(entry.code)
@@ -60,8 +67,28 @@ def pack(entries: Sequence[RecordDict | Error]) -> RecordDict:
             refs.append(stored[id(record)])
         layout[f"{i}.names"] = names
         layout[f"{i}.records"] = refs
+    for name, record in (partial or {}).items():
+        bundle[f"{keys.PARTIAL}/{name}"] = record
     bundle[keys.BUNDLE] = ConfigRecord(layout)
     return bundle
+
+
+def options(bundle: RecordDict) -> ConfigRecord:
+    """The bundle's layout, where :func:`pack`'s ``options`` are (read with ``.get``)."""
+    return bundle.config_records[keys.BUNDLE]
+
+
+def partial_of(bundle: RecordDict) -> RecordDict | None:
+    """The partial sum :func:`pack` was given, or ``None``.
+
+    >>> from flwr.app import MetricRecord
+    >>> bundle = pack([Error(2, "x")], partial=RecordDict({"m": MetricRecord({"n": 3})}))
+    >>> partial_of(bundle)["m"]["n"], partial_of(pack([]))
+    (3, None)
+    """
+    prefix = f"{keys.PARTIAL}/"
+    records = {k[len(prefix):]: r for k, r in bundle.items() if k.startswith(prefix)}
+    return RecordDict(records) if records else None
 
 
 def unpack(bundle: RecordDict) -> list[RecordDict | Error]:

@@ -126,6 +126,9 @@ class Simulation:
     # One message per slot a round, carrying many phones (docs/performance.md); a default, so a
     # run saved before this field existed still resumes (its results are the same either way).
     bundle: bool = False
+    # Each slot replies with its phones' example-weighted mean model (clients.partial_sums);
+    # weighted-mean strategies only (fedsim.run.checks.check_partial_sums).
+    partial_sums: bool = False
 
     def __post_init__(self) -> None:
         for key in (
@@ -188,6 +191,11 @@ class Simulation:
             not self.stop_at_target or self.target_accuracy is not None,
             "simulation.stop_at_target",
             "needs simulation.target_accuracy",
+        )
+        _require(
+            not self.partial_sums or self.bundle,
+            "simulation.partial_sums",
+            "sums inside each slot's bundle: needs simulation.bundle=true",
         )
         _require(
             0 <= self.start_hour < 24,

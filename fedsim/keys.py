@@ -74,3 +74,12 @@ NORMALISED_STEPS = "fedsim.normalised-steps"  # FedNova's ||a_i||_1 (MetricRecor
 # share it (the global model); this ConfigRecord says which records are whose, and in a reply
 # which phones failed and why.
 BUNDLE = "fedsim.bundle"
+
+# Partial sums (simulation.partial_sums, clients.partial_sums): a slot replies with the
+# example-weighted mean of its phones' models instead of each upload. In a bundle's layout: sum
+# or not, and the client time-out a phone must stay under to count (the server's own rule).
+PARTIAL_SUMS = "fedsim.partial-sums"
+CLIENT_TIMEOUT_S = "fedsim.client-timeout-s"
+# In a reply bundle, the prefix of the mean's records (its payload, metadata and metrics).
+PARTIAL = "fedsim.partial"
+PHONES = "fedsim.phones"  # MetricRecord of a partial: the phones summed into it

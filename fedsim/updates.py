@@ -36,6 +36,9 @@ from fedsim.errors import ConfigError
 
 WEIGHTS, DELTA, GRADIENT = "weights", "delta", "gradient"
 KINDS = (WEIGHTS, DELTA, GRADIENT)  # position = the code replies carry in their MetricRecord
+# The payload kind of a slot's partial sum (clients.partial_sums): weights, already decoded and
+# averaged over the slot's phones; never a phone's own upload.
+MEAN = "mean"
 
 Update = dict[str, np.ndarray]
 

@@ -47,7 +47,7 @@ CONF = ROOT / "conf"
 # --- runs through the real command line (Hydra, Flower, Ray) ----------------------------------
 
 TINY = ["+debug=tiny"]  # conf/debug/tiny.yaml: 2 rounds, 4 of 20 phones, a 0.35x MobileNetV2
-WALL_FIELDS = ("wall_s", "elapsed_wall_s", "client_wall_s")  # the only fields a rerun may change
+WALL_FIELDS = ("wall_s", "elapsed_wall_s", "client_wall_s", "eval_wall_s")  # the only fields a rerun may change
 
 
 def run_cli(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -95,7 +95,7 @@ def bundled(env, messages: list[Message], slots=(1, 2)) -> list[Message]:
     for i, bundle in enumerate(bundles.messages):
         bundle.metadata.__dict__["_message_id"] = f"b{i}"  # what the grid's push sets
         answers.append(answer_bundle(bundle, lambda phone: train_reply(env, phone)))
-    return bundles.unbundled(answers)
+    return bundles.unbundled(answers).replies
 
 
 def test_a_bundled_round_aggregates_bit_identically_to_per_phone_messages() -> None:

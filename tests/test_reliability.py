@@ -136,12 +136,16 @@ def test_resume_refuses_overrides_that_change_results(uninterrupted: Path) -> No
 
 
 @pytest.mark.slow  # starts Ray
-@pytest.mark.parametrize("bundle", ["false", "true"])  # one message per phone, or per slot
-def test_injected_faults_are_each_accounted_for(tmp_path: Path, bundle: str) -> None:
+# One message per phone, one per slot, or one per slot summing its phones' models.
+@pytest.mark.parametrize("transport", [
+    ["simulation.bundle=false"], ["simulation.bundle=true"],
+    ["simulation.bundle=true", "simulation.partial_sums=true"],
+], ids=["per_phone", "bundles", "partial_sums"])
+def test_injected_faults_are_each_accounted_for(tmp_path: Path, transport: list[str]) -> None:
     faults = Faults(client_error_rate=0.3, slow_client_rate=0.2, kill_actor_at_round=2)
     run_cli(
         tmp_path, *ROUNDS, "faults.client_error_rate=0.3", "faults.slow_client_rate=0.2",
-        f"simulation.bundle={bundle}",
+        *transport,
         # A normal client-round takes about a second here; the timeout leaves room for a
         # loaded CI box (a fresh actor's first call, two runs' worth of CPU demand) so that
         # only the injected slow rounds (timeout + 2 s) overrun it.

@@ -45,6 +45,7 @@ class RoundRecord:
     wall_s: float = 0.0  # this round, host wall clock
     elapsed_wall_s: float = 0.0  # since the first round started
     client_wall_s: float = 0.0  # sum of the completed clients' local training time
+    eval_wall_s: float = 0.0  # this round's central evaluation (0: not evaluated)
     bytes_up: int = 0  # encoded upload payloads of the completed clients
     bytes_down: int = 0  # the model as sent to every sampled client (uncompressed float32)
 

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from flwr.serverapp.strategy import (
+    FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy,
+)
+
 from clients.finetune import FineTuneMode
+from fedsim import keys
 from fedsim.config import Faults, Simulation
 from fedsim.data.partition.base import Partition, SampledPartition
 from fedsim.errors import ConfigError
@@ -148,6 +153,62 @@ def check_client_algorithm(
         raise ConfigError(
             f"{name} cannot run with distill.where=server_ensemble (FedDF refines the aggregate "
             "between the algorithm's server half and the replies)"
+        )
+
+
+# Strategies whose aggregate is the example-weighted mean of the replies (FedAvg; FedAvgM and
+# the FedOpt family then take a server step from it): the mean of the slots' partial sums,
+# each weighted by its examples, is the same mean. Their aggregate_train is inherited or one of
+# these; any other class's own aggregate_train (median, Krum, trimmed mean, q-FFL ...) is not.
+WEIGHTED_MEAN_AGGREGATES = (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+
+
+def check_partial_sums(
+    settings: Simulation, strategy: Any, privacy: PrivacyPlan, distill: Distillation,
+    algorithm: ClientAlgorithm,
+) -> None:
+    """Refuse ``simulation.partial_sums`` where the server needs each phone's update.
+
+    Partial sums (:mod:`clients.partial_sums`) replace a slot's uploads by their weighted
+    mean, so they need a strategy that aggregates by that mean (with Flower's weighting key),
+    nothing between the replies and the strategy that reads single updates (DP's clipping and
+    clipped counts, FedDF's ensemble, a client algorithm's server half), and every phone that
+    trained aggregated (no deadline, no over-selection, which drop phones after training).
+    """
+    if not settings.partial_sums:
+        return
+    name = "simulation.partial_sums"
+    owners = {
+        cls for cls in type(strategy).__mro__ if "aggregate_train" in vars(cls)
+        and cls is not Strategy
+    }
+    if not isinstance(strategy, FedAvg) or not owners <= set(WEIGHTED_MEAN_AGGREGATES):
+        raise ConfigError(
+            f"{name}: {type(strategy).__name__} does not aggregate by the example-weighted mean "
+            "of the replies (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad do); "
+            f"use {name}=false"
+        )
+    if strategy.weighted_by_key != keys.NUM_EXAMPLES:
+        raise ConfigError(
+            f"{name}: the strategy weighs replies by {strategy.weighted_by_key!r}; slots sum by "
+            f"{keys.NUM_EXAMPLES!r}"
+        )
+    if privacy.noise is not None:
+        raise ConfigError(f"{name}: DP clips and counts each phone's update; use {name}=false")
+    if distill.where.refines_aggregate:
+        raise ConfigError(
+            f"{name}: FedDF (distill.where=server_ensemble) needs each phone's model; "
+            f"use {name}=false"
+        )
+    if not algorithm.plain:
+        raise ConfigError(
+            f"{name}: client_algorithm {algorithm.name} sends each phone's own tensors; "
+            f"use {name}=false"
+        )
+    if settings.deadline_s is not None or settings.overcommit > 0:
+        raise ConfigError(
+            f"{name}: simulation.deadline_s and simulation.overcommit drop phones after they "
+            f"trained, when they are already summed; use {name}=false"
         )
 
 

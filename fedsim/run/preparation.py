@@ -45,6 +45,7 @@ from fedsim.run.checks import (
     check_client_algorithm,
     check_distillation,
     check_faults,
+    check_partial_sums,
     check_fleet,
     planned_exchange,
     refuse_batch_statistics,
@@ -143,6 +144,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     check_distillation(distill, privacy, secagg, update)
     algorithm = build_client_algorithm(cfg)
     check_client_algorithm(algorithm, privacy, secagg, update, distill)
+    check_partial_sums(settings, strategy, privacy, distill, algorithm)
     faults = parse_faults(cfg)
     check_faults(faults, settings)
     return Prepared(

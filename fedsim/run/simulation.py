@@ -132,7 +132,7 @@ def run(
         first_round=len(restored) + 1, client_timeout_s=settings.client_timeout_s,
         min_completed=settings.min_completed,
         stop_at=settings.target_accuracy if settings.stop_at_target else None,
-        bundle=settings.bundle,
+        bundle=settings.bundle, partial_sums=settings.partial_sums,
     )
     stop = threading.Event()
     server_app = make_server_app(

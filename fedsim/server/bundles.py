@@ -11,6 +11,11 @@ the device simulation and every strategy see exactly what per-phone messages wou
 
 A bundle that fails as a whole (its slot could not run it at all) fails each of its phones with
 the bundle's error. Transport only: nothing here changes what a phone computes.
+
+With partial sums (``simulation.partial_sums``, :mod:`clients.partial_sums`) a bundle's reply
+holds each phone's metrics and one model, the mean of the phones' models weighted by their
+examples: the phones' replies carry the metrics only, and the partial is a reply of its own
+(:attr:`Exchanged.partials`) that the round aggregates instead of them.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import Message
 
 from fedsim import keys
-from fedsim.bundle_wire import pack, unpack
+from fedsim.bundle_wire import pack, partial_of, unpack
 
 log = logging.getLogger("fedsim")
 
@@ -79,30 +85,54 @@ class Bundles:
 
     @classmethod
     def of(
-        cls, phones: Sequence[Message], slots: Sequence[int], cost: Callable[[Message], float]
+        cls, phones: Sequence[Message], slots: Sequence[int], cost: Callable[[Message], float],
+        options: Mapping[str, Any] | None = None,
     ) -> Bundles:
-        """Bundle ``phones`` for ``slots`` (node ids), balanced by ``cost`` of each phone."""
+        """Bundle ``phones`` for ``slots`` (node ids), balanced by ``cost`` of each phone;
+        ``options`` go to every slot in the bundle's layout (:func:`fedsim.bundle_wire.pack`)."""
         groups = balance([cost(m) for m in phones], len(slots))
         for phone in phones:  # never pushed itself: an id for its reply to name
             phone.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         grouped = [[phones[i] for i in group] for group in groups]
         messages = [
             Message(
-                pack([m.content for m in group]), dst_node_id=slot,
+                pack([m.content for m in group], options), dst_node_id=slot,
                 message_type=group[0].metadata.message_type,
             )
             for group, slot in zip(grouped, slots)
         ]
         return cls(messages, grouped)
 
-    def unbundled(self, replies: Sequence[Message]) -> list[Message]:
-        """One reply per phone, for the bundles that answered (in the order they answered)."""
+    def unbundled(self, replies: Sequence[Message]) -> Exchanged:
+        """One reply per phone, for the bundles that answered (in the order they answered),
+        and their partial sums."""
         # Bundle ids are set when the grid pushes the bundles.
         by_id = {m.metadata.message_id: group for m, group in zip(self.messages, self.phones)}
-        return [
-            reply for bundle in replies
-            for reply in unbundle(bundle, by_id[bundle.metadata.reply_to_message_id])
-        ]
+        groups = [by_id[bundle.metadata.reply_to_message_id] for bundle in replies]
+        partials = [partial_reply(bundle, group) for bundle, group in zip(replies, groups)]
+        return Exchanged(
+            replies=[r for bundle, group in zip(replies, groups) for r in unbundle(bundle, group)],
+            partials=[p for p in partials if p is not None],
+        )
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """A round's replies, one per phone, and with partial sums one partial a bundle."""
+
+    replies: list[Message]
+    partials: list[Message] = field(default_factory=list)
+
+
+def partial_reply(reply: Message, phones: Sequence[Message]) -> Message | None:
+    """The partial sum the bundle ``reply`` holds, as a reply of its own, or ``None``.
+
+    It answers the bundle's first phone: a strategy reads a reply's content only.
+    """
+    if reply.has_error():
+        return None
+    partial = partial_of(reply.content)
+    return None if partial is None else Message(partial, reply_to=phones[0])
 
 
 def unbundle(reply: Message, phones: Sequence[Message]) -> list[Message]:
@@ -127,18 +157,21 @@ def busy_seconds(replies: Sequence[Message]) -> list[float]:
 def exchange_bundled(
     messages: Sequence[Message], slots: Sequence[int],
     send: Callable[[list[Message]], list[Message]], cost: Callable[[Message], float],
-) -> list[Message]:
+    options: Mapping[str, Any] | None = None,
+) -> Exchanged:
     """Send ``messages`` as one bundle per slot through ``send`` (the round's exchange) and
-    return one reply per phone, as sending them one by one would.
+    return one reply per phone, as sending them one by one would (and the partial sums, if
+    ``options`` asked for them).
 
     With the ``fedsim`` logger at INFO it logs how long the exchange took, how long each slot
     was busy and how idle the slots were, against dealing the same phones round robin.
     """
     if not messages:
-        return []
-    bundles = Bundles.of(messages, slots, cost)
+        return Exchanged([])
+    bundles = Bundles.of(messages, slots, cost, options)
     started = time.perf_counter()
-    replies = bundles.unbundled(send(bundles.messages))
+    exchanged = bundles.unbundled(send(bundles.messages))
+    replies = exchanged.replies
     if log.isEnabledFor(logging.INFO):
         busy = dict(zip((r.metadata.reply_to_message_id for r in replies), busy_seconds(replies)))
         seconds = [busy.get(m.metadata.message_id, 0.0) for m in messages]
@@ -152,4 +185,4 @@ def exchange_bundled(
             idle_fraction(balanced, seconds),
             idle_fraction(round_robin(len(messages), len(bundles.messages)), seconds),
         )
-    return replies
+    return exchanged

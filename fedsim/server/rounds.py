@@ -49,10 +49,20 @@ class RoundPlan:
     min_completed: int = 1
     stop_at: float | None = None  # end the run once an evaluation reaches this accuracy
     bundle: bool = False  # one message per slot carrying its phones (fedsim.server.bundles)
+    partial_sums: bool = False  # each slot sends its phones' mean model (clients.partial_sums)
 
     def evaluates(self, server_round: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always at the last round."""
         return server_round % self.eval_every == 0 or server_round == self.rounds
+
+    def bundle_options(self) -> dict:
+        """What every bundle's layout tells its slot: to sum, and the time-out to sum under."""
+        if not self.partial_sums:
+            return {}
+        timeout = {} if self.client_timeout_s is None else {
+            keys.CLIENT_TIMEOUT_S: float(self.client_timeout_s)
+        }
+        return {keys.PARTIAL_SUMS: True, **timeout}
 
     def reached(self, accuracy: float | None) -> bool:
         """Whether an evaluation's ``accuracy`` ends the run (``stop_at`` set and reached)."""
@@ -243,12 +253,15 @@ def run_rounds(
         start = time.perf_counter()
         with strategy_errors("configure_train", strategy, server_round):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        partials: list[Message] = []  # with partial sums: what is aggregated
         if plan.bundle:  # one message per slot; back comes one reply per phone, as without
-            replies = exchange_bundled(
+            exchanged = exchange_bundled(
                 messages, sorted(grid.get_node_ids()),
                 lambda sent: exchange(grid, sent, plan.round_timeout_s, stop),
                 lambda m: devices.expected_work(client_id_of(m), phone_config(m)),
+                plan.bundle_options(),
             )
+            replies, partials = exchanged.replies, exchanged.partials
         else:
             replies = exchange(grid, messages, plan.round_timeout_s, stop)
         if stop.is_set():
@@ -256,14 +269,25 @@ def run_rounds(
         outcome = tally(messages, replies, plan.client_timeout_s)
         settled = devices.settle(server_round, messages, outcome.completed)
         aggregate = len(settled.kept) >= plan.min_completed
+        if plan.partial_sums and len(settled.kept) != len(outcome.completed):
+            # Every phone that finished is in its slot's sum (fedsim.run.checks refuses the
+            # deadline and over-selection, which drop phones after they trained).
+            raise RuntimeError(
+                f"round {server_round}: the device simulation dropped phones that are already "
+                "in their slots' partial sums"
+            )
         if aggregate:
             with strategy_errors("aggregate_train", strategy, server_round):
-                aggregated, _ = strategy.aggregate_train(server_round, settled.kept)
+                aggregated, _ = strategy.aggregate_train(
+                    server_round, partials if plan.partial_sums else settled.kept
+                )
             arrays = aggregated if aggregated is not None else arrays
         if privacy.accountant is not None and (aggregate or privacy.charge_unaggregated):
             privacy.accountant.step()
         last = server_round == plan.rounds or budget_exhausted(privacy, server_round + 1)
+        evaluating = time.perf_counter()
         evaluation = evaluate(arrays) if plan.evaluates(server_round) or last else None
+        eval_s = time.perf_counter() - evaluating if evaluation else 0.0
         train_loss, num_examples, client_s = weighted_train_loss(settled.kept)
         bytes_up, bytes_down = traffic(messages, settled.kept, devices.model_bytes)
         now = time.perf_counter()
@@ -291,6 +315,7 @@ def run_rounds(
             wall_s=now - start,
             elapsed_wall_s=now - first_start,
             client_wall_s=client_s,
+            eval_wall_s=eval_s,
             bytes_up=bytes_up,
             bytes_down=bytes_down,
         )

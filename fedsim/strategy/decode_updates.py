@@ -16,9 +16,11 @@ refine (``held``: the phones keep them from install, see docs/on-device-learning
 every round exactly as they entered it: a weighted mean of equal float32 values is not always
 bit-equal to them, and an optimiser strategy (FedAdam) would amplify that rounding into a step.
 
-Error replies pass through untouched; the caller's replies are never modified. A client
-algorithm's record (:data:`fedsim.keys.ALGORITHM`) passes through beside the weights, for its
-server half below to read.
+A slot's partial sum (payload kind :data:`~fedsim.updates.MEAN`, ``simulation.partial_sums``)
+is already weights, decoded in the slot by the same rules. Error replies pass through
+untouched; the caller's replies are never modified. A client algorithm's record
+(:data:`fedsim.keys.ALGORITHM`) passes through beside the weights, for its server half below to
+read.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim import keys
 from fedsim.compression.wire import from_records, model_record, payload_parts, whole_tensors
 from fedsim.strategy.wrapper import StrategyWrapper
-from fedsim.updates import WEIGHTS, UpdateRule, reconstruct
+from fedsim.updates import MEAN, WEIGHTS, UpdateRule, reconstruct
 
 
 class DecodeUpdates(StrategyWrapper):
@@ -112,7 +114,13 @@ class DecodeUpdates(StrategyWrapper):
         name, payload = model_record(reply.content)
         meta = reply.content[keys.PAYLOAD]
         weights = None
-        if self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
+        if meta[keys.PAYLOAD_KIND] == MEAN:
+            # A slot's partial sum (simulation.partial_sums): weights, decoded and averaged in
+            # the slot, every tensor of the model.
+            weights = whole_tensors(payload_parts(payload, meta), self._global)
+            if weights is None:
+                raise ValueError("a partial sum must hold every tensor of the model as float32")
+        elif self.rule.lossless and meta[keys.PAYLOAD_KIND] == WEIGHTS:
             # The weights as they arrived; those not uploaded as the phone received them.
             parts = payload_parts(payload, meta)
             weights = whole_tensors(parts, self._global, missing=self._global_record)
