@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from flwr.app import Error, Message, MetricRecord, RecordDict
 
@@ -32,21 +33,29 @@ from fedsim.compression.codecs import NoCompression
 from fedsim.compression.wire import to_records
 from fedsim.updates import MEAN
 
+T = TypeVar("T")
+
 # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: what a per-phone message's exception becomes.
 CLIENT_APP_RAISED_EXCEPTION = 2
 
 
 def answer_bundle(message: Message, train: Callable[[Message], Message]) -> Message:
     """Run ``train`` for each phone of the bundle ``message``; one reply holding all of theirs."""
-    answers: list[RecordDict | Error] = []
+    answers = [a if isinstance(a, Error) else a.content for a in each_phone(message, train)]
+    return Message(pack(answers), reply_to=message)
+
+
+def each_phone(message: Message, train: Callable[[Message], T]) -> Iterator[T | Error]:
+    """``train`` of each phone of the bundle ``message``, in the bundle's order; a phone that
+    raises gives the error Flower would have sent for it."""
     for content in unpack(message.content):
         # The phone's own message: its records under the bundle's metadata (a reply needs one).
         phone = Message(content=content, metadata=copy.copy(message.metadata))
         try:
-            answers.append(train(phone).content)
+            answer: T | Error = train(phone)
         except Exception as err:  # noqa: BLE001 - one phone's failure is that phone's reply
-            answers.append(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(err)))
-    return Message(pack(answers), reply_to=message)
+            answer = Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(err))
+        yield answer
 
 
 def sums_partially(message: Message) -> bool:
@@ -60,12 +69,9 @@ def answer_summed(message: Message, train: Callable[[Message], Summand]) -> Mess
     timeout_s = options(message.content).get(keys.CLIENT_TIMEOUT_S)
     total, name = PartialSum(), ""
     answers: list[RecordDict | Error] = []
-    for content in unpack(message.content):
-        phone = Message(content=content, metadata=copy.copy(message.metadata))
-        try:
-            summand = train(phone)
-        except Exception as err:  # noqa: BLE001 - one phone's failure is that phone's reply
-            answers.append(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(err)))
+    for summand in each_phone(message, train):
+        if isinstance(summand, Error):
+            answers.append(summand)
             continue
         metrics = summand.metrics
         answers.append(RecordDict({keys.METRICS: MetricRecord(metrics)}))

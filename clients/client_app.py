@@ -277,7 +277,9 @@ def train_phone(env: ClientEnvironment, message: Message) -> PhoneUpload:
     fault_metrics = obey_fault(env, config, server_round, client_id)
     # Deserialize the received model once (once per bundle); torch views share its memory.
     model_arrays = received = decoded(arrays)
-    load_exchangeable_state(model, {name: torch.from_numpy(a) for name, a in received.items()})
+    load_exchangeable_state(
+        model, {name: torch.from_numpy(a) for name, a in received.items()}, state_views(model)
+    )
     attack = env.threat.attacker(client_id) if env.threat else None
     if attack is not None:
         y = attack.flip(y)  # data poisoning happens before training
@@ -308,7 +310,7 @@ def train_phone(env: ClientEnvironment, message: Message) -> PhoneUpload:
     outcome = run_algorithm(env, model, received, extra, kept, result.steps, recipe)
     # Only what the mode changed leaves the phone; the server has the rest (it sent it).
     received = uploaded_part(received, uploaded_names(mode, model))
-    state = exchangeable_state(model)
+    state = state_views(model)
     after = {name: state[name].numpy() for name in received}
     after, gradient, privacy_metrics = apply_local_dp(
         env, config, server_round, client_id, received, after, gradient
@@ -363,6 +365,14 @@ def summand(env: ClientEnvironment, upload: PhoneUpload) -> Summand:
 def uploaded_names(mode: FineTuneMode, model: nn.Module) -> frozenset[str]:
     """:meth:`~clients.finetune.base.FineTuneMode.uploaded_names`, once per mode and model."""
     return frozenset(mode.uploaded_names(model))
+
+
+@functools.lru_cache(maxsize=8)
+def state_views(model: nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`~fedsim.models.state.exchangeable_state` of the process model, built once: views
+    of its tensors, which loading writes into and training updates in place (nothing replaces
+    a process model's tensors). Read it, never change the dict."""
+    return exchangeable_state(model)
 
 
 @functools.lru_cache(maxsize=8)

@@ -177,9 +177,10 @@ def test_a_bundle_that_fails_as_a_whole_fails_each_of_its_phones() -> None:
 def test_bundles_default_to_one_slot_per_parallel_actor() -> None:
     from fedsim.config import parse_simulation
 
-    cfg = make_cfg("simulation.bundle=true", "simulation.backend.num_cpus=2")
+    cfg = make_cfg("simulation.backend.num_cpus=2")  # bundles are the default
     assert parse_simulation(cfg).num_slots == 2
-    assert parse_simulation(make_cfg("simulation.backend.num_cpus=2")).num_slots == 10
+    per_phone = make_cfg("simulation.bundle=false", "simulation.backend.num_cpus=2")
+    assert parse_simulation(per_phone).num_slots == 10
     big = make_cfg("simulation.bundle=true", "simulation.backend.num_cpus=2",
                    "simulation.population=10000", "simulation.clients_per_round=1000")
     assert parse_simulation(big).num_slots == 20  # bundles of at most BUNDLE_PHONES = 50
