@@ -122,6 +122,8 @@ def test_a_failed_or_overrunning_phone_is_left_out_of_its_slots_sum() -> None:
         (["strategy=fedmedian"], "FedMedian does not aggregate by the example-weighted mean"),
         (["strategy=krum"], "Krum does not aggregate"),
         (["strategy=qfedavg"], "QFedAvg does not aggregate"),
+        # A legacy flwr.server.strategy class, named as the user wrote it.
+        (["strategy._target_=flwr.server.strategy.FedAvg"], "FedAvg does not aggregate"),
         (["privacy=central_dp", "norm=group"], "DP clips and counts each phone's update"),
         (["distill.where=server_ensemble"], "FedDF"),
         (["client_algorithm=scaffold"], "client_algorithm scaffold sends each phone's own"),
@@ -147,4 +149,4 @@ def test_partial_sums_need_bundles() -> None:
     from fedsim.config import parse_simulation
 
     with pytest.raises(ConfigError, match="needs simulation.bundle=true"):
-        parse_simulation(make_cfg("simulation.partial_sums=true"))
+        parse_simulation(make_cfg("simulation.bundle=false", "simulation.partial_sums=true"))

@@ -28,6 +28,7 @@ from fedsim.privacy.plan import PrivacyPlan
 from fedsim.privacy.secagg import NoSecureAggregation
 from fedsim.proxy.distillation import Distillation
 from fedsim.strategy.client_algorithm import ClientAlgorithm
+from fedsim.strategy.wrapper import innermost
 from fedsim.updates import GRADIENT, UpdateRule
 
 
@@ -183,9 +184,11 @@ def check_partial_sums(
         and cls is not Strategy
     }
     if not isinstance(strategy, FedAvg) or not owners <= set(WEIGHTED_MEAN_AGGREGATES):
+        # A legacy flwr.server.strategy class is refused too: its adapter aggregates its way.
         raise ConfigError(
-            f"{name}: {type(strategy).__name__} does not aggregate by the example-weighted mean "
-            "of the replies (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad do); "
+            f"{name}: {type(innermost(strategy)).__name__} does not aggregate by the "
+            "example-weighted mean of the replies (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, "
+            "FedAdagrad do); "
             f"use {name}=false"
         )
     if strategy.weighted_by_key != keys.NUM_EXAMPLES:
