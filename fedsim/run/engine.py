@@ -135,45 +135,6 @@ def without_actor_exit_notices() -> Iterator[None]:
         ray_worker.print_to_stdstream = original
 
 
-# Flower's engine hands the ServerApp's messages to the actors from a thread that scans every
-# supernode's inbox and then sleeps 0.1 s (``add_messages_to_queue`` in flwr/server/superlink/
-# fleet/vce/vce_api.py): each round's messages wait 50 ms on average before an actor sees them,
-# 0.5 ms a phone at 100 phones a round, the order of a phone's whole overhead with bundles. With
-# a few supernodes (bundles: one per slot) a scan costs microseconds, so fedsim scans every
-# PICKUP_PAUSE_S; with one supernode per phone a scan of hundreds of inboxes costs more CPU
-# than the wait, and Flower's own loop runs.
-PICKUP_PAUSE_S = 0.005
-FEW_SUPERNODES = 32
-
-
-@contextlib.contextmanager
-def prompt_message_pickup(slots: int) -> Iterator[None]:
-    """Flower's message pickup with a ``PICKUP_PAUSE_S`` pause, for ``slots`` <= FEW_SUPERNODES.
-
-    The same loop as Flower's, pause apart; it is looked up when the engine starts its thread,
-    so it is replaced around the simulation only.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    original = vce_api.add_messages_to_queue
-    if slots > FEW_SUPERNODES:
-        yield
-        return
-
-    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
-        while not f_stop.is_set():
-            for node_id in nodes_mapping.keys():
-                for message in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(message)
-            f_stop.wait(PICKUP_PAUSE_S)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = original
-
-
 def launch(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -204,10 +165,7 @@ def launch(
     # unfrozen after, so a Hydra multirun's next job can collect what this one left.
     gc.freeze()
     try:
-        with (
-            prompt_message_pickup(slots),
-            contextlib.nullcontext() if verbose else without_actor_exit_notices(),
-        ):
+        with contextlib.nullcontext() if verbose else without_actor_exit_notices():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
