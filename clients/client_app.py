@@ -61,7 +61,7 @@ from clients.updates import attacked, encode_upload, full_batch_gradient, payloa
 from fedsim import keys
 from fedsim.attacks.threat import ThreatModel
 from fedsim.bundle_wire import is_bundle
-from fedsim.compression.codecs import HEADER_BYTES_PER_SCALAR, Encoded
+from fedsim.compression.codecs import Encoded
 from fedsim.compression.error_feedback import ResidualFiles
 from fedsim.compression.phone_files import PhoneFiles
 from fedsim.compression.wire import model_record, record_nbytes, to_records
@@ -334,7 +334,7 @@ def train_phone(env: ClientEnvironment, message: Message) -> PhoneUpload:
         keys.TRAIN_STEPS: result.steps,
         keys.COMPUTE_S: compute_s,
         keys.UPDATE_KIND: kind_code(env.update.kind),
-        keys.PAYLOAD_BYTES: encoded.nbytes + sent_nbytes(outcome.sent),
+        keys.PAYLOAD_BYTES: encoded.nbytes + record_nbytes(outcome.sent),
         **fault_metrics,
         **privacy_metrics,
         **outcome.metrics,
@@ -379,16 +379,6 @@ def state_views(model: nn.Module) -> dict[str, torch.Tensor]:
 def parameter_names(model: nn.Module) -> frozenset[str]:
     """The student's parameter names (a gradient upload's other tensors are deltas)."""
     return frozenset(name for name, _ in model.named_parameters())
-
-
-def sent_nbytes(sent: dict[str, np.ndarray]) -> int:
-    """Bytes of a client algorithm's tensors on the uplink, counted as an uncompressed payload
-    is (:func:`fedsim.compression.wire.record_nbytes`: data plus 8 B per dimension).
-
-    >>> sent_nbytes({"c": np.zeros((2, 3), np.float32)})
-    40
-    """
-    return sum(a.nbytes + HEADER_BYTES_PER_SCALAR * a.ndim for a in sent.values())
 
 
 def algorithm_inputs(

@@ -174,11 +174,15 @@ def record_of(arrays: Mapping[str, Array]) -> ArrayRecord:
     return record
 
 
-def record_nbytes(record: ArrayRecord) -> int:
-    """Bytes of an ArrayRecord counted as an uncompressed payload: data plus 8 B per dim.
+def record_nbytes(record: ArrayRecord | Mapping[str, np.ndarray]) -> int:
+    """Bytes of an ArrayRecord (or of numpy arrays by name) counted as an uncompressed payload:
+    data plus 8 B per dim.
 
     The same rule :class:`~fedsim.compression.codecs.NoCompression` uses, so downlink and
     uplink figures are comparable.
+
+    >>> record_nbytes({"c": np.zeros((2, 3), np.float32)})
+    40
     """
     total = 0
     for array in record.values():
